@@ -1,0 +1,1 @@
+"""neuralinst: the command line that joins the three layers (training, export, instrument)."""

@@ -1,0 +1,3 @@
+from neuralinst.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""A private JACK server with the dummy driver: the real audio server the tests play through.
+
+Recipe and pitfalls: ../shared/notes/jack-recipe.md. The environment variables must be set before any client
+library (PortAudio in sounddevice, python-rtmidi, JACK-Client, pyo) loads libjack, so conftest.py calls
+`configure_environment()` at import time.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+SERVER_NAME = f"neuralinst-test-{os.getpid()}"
+RATE = 48000
+PERIOD = 128
+
+
+def configure_environment(name: str = SERVER_NAME) -> None:
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    os.environ["JACK_NO_AUDIO_RESERVATION"] = "1"
+    os.environ.setdefault("PYO_GUI_WX", "0")
+
+
+class JackServer:
+    def __init__(self, name: str = SERVER_NAME, rate: int = RATE, period: int = PERIOD):
+        self.name, self.rate, self.period = name, rate, period
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "JackServer":
+        jackd = shutil.which("jackd")
+        if jackd is None:
+            raise RuntimeError("jackd is not installed: run ./dev setup (it installs the Debian package jackd2).")
+        self.proc = subprocess.Popen(
+            [jackd, "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        ok = subprocess.run(["jack_wait", "-w", "-t", "10", "-s", self.name], capture_output=True, text=True)
+        if ok.returncode != 0 or self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            self.stop()
+            raise RuntimeError(f"jackd did not start: {ok.stdout} {ok.stderr} {err}")
+        refresh_portaudio()
+        return self
+
+    def stop(self) -> None:
+        terminate_portaudio()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def refresh_portaudio() -> None:
+    """PortAudio lists the JACK host API only if initialised after the server is up."""
+    import sounddevice as sd
+
+    terminate_portaudio()
+    sd._initialize()
+
+
+def terminate_portaudio() -> None:
+    """Before jackd stops, PortAudio must be fully terminated, or Python aborts at exit (pa_jack.c assertion)."""
+    import sys
+
+    sd = sys.modules.get("sounddevice")
+    if sd is None:
+        return
+    while getattr(sd, "_initialized", 0) > 0:
+        sd._terminate()
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
