@@ -1,0 +1,213 @@
+"""VRNN: sizes of the paper config, teacher-forced streaming == the training forward pass on real audio, an overfit
+on one second of real piano, the streaming controls, and onnxruntime == torch for the traced `step`."""
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import torch
+
+from instrument.meta import ModelMeta
+from training.vrnn import CONFIGS, Model, parameter_count
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def piano(fixtures_dir) -> torch.Tensor:
+    audio, sr = sf.read(fixtures_dir / "piano.flac", dtype="float32")
+    assert sr == 16000 and audio.ndim == 1
+    return torch.from_numpy(audio)
+
+
+def tiny_model(piano: torch.Tensor, seed: int = 0) -> Model:
+    torch.manual_seed(seed)
+    model = Model(CONFIGS["vrnn-tiny"])
+    model.set_data_stats(float(piano.mean()), float(piano.std()))
+    return model
+
+
+def test_paper_config_has_the_thesis_sizes():
+    c = CONFIGS["vrnn-paper"]
+    assert (c.frame, c.h_dim, c.x_feat_dim, c.dec_dim, c.z_feat_dim, c.enc_dim, c.prior_dim, c.z_dim) == (
+        200, 2000, 600, 600, 500, 500, 500, 200)
+    assert (c.grad_clip, c.lr, c.batch_size, c.sample_rate, c.chunk_seconds) == (0.1, 3e-4, 128, 16000, 0.5)
+    model = Model(c)
+    assert model.rnn.hidden_size == 2000 and model.rnn.input_size == 600 + 500
+    assert model.phi_x[0].in_features == 200 and model.dec.mean.out_features == 200
+    assert model.enc.mean.out_features == 200 and model.prior.mean.out_features == 200
+
+    def linear(i, o):
+        return i * o + o
+
+    gru = 3 * (1100 * 2000 + 2000 * 2000 + 2 * 2000)
+    phi_x = linear(200, 600) + 3 * linear(600, 600)
+    phi_z = linear(200, 500)
+    enc = linear(600 + 2000, 500) + 3 * linear(500, 500) + 2 * linear(500, 200)
+    prior = linear(2000, 500) + 3 * linear(500, 500) + 2 * linear(500, 200)
+    dec = linear(500 + 2000, 600) + 3 * linear(600, 600) + 2 * linear(600, 200)
+    n = parameter_count(model)
+    print(f"vrnn-paper parameters: {n:,}; vrnn-live: {parameter_count(Model(CONFIGS['vrnn-live'])):,}")
+    assert n == gru + phi_x + phi_z + enc + prior + dec
+    assert CONFIGS["vrnn-live"].h_dim < c.h_dim
+
+
+def test_data_stats_are_buffers_saved_with_the_checkpoint(piano):
+    model = tiny_model(piano)
+    sd = model.state_dict()
+    assert float(sd["data_mean"]) == pytest.approx(float(piano.mean()))
+    assert float(sd["data_std"]) == pytest.approx(float(piano.std()))
+    other = Model(CONFIGS["vrnn-tiny"])
+    other.load_state_dict(sd)
+    assert float(other.data_std) == pytest.approx(float(piano.std()))
+    # Normalisation is applied inside: frames have zero mean / unit std in the data set's statistics.
+    frames = model._frames(piano[None, None, :16000])
+    assert abs(float(frames.std()) - float(piano[:16000].std() / piano.std())) < 1e-4
+    with pytest.raises(ValueError):
+        model.set_data_stats(0.0, 0.0)
+
+
+@pytest.mark.parametrize("config_name", ["vrnn-tiny", "vrnn-live"])
+def test_teacher_forced_steps_equal_the_training_forward_pass(piano, config_name):
+    torch.manual_seed(1)
+    model = Model(CONFIGS[config_name]).eval()
+    model.set_data_stats(float(piano.mean()), float(piano.std()))
+    x = torch.stack([piano[16000:24000], piano[40000:48000]])[:, None]  # two 0.5 s chunks of real piano
+    n = 8000 // 200
+    eps = torch.randn(2, n, model.config.z_dim)
+    with torch.no_grad():
+        full, full_state = model.forward_sequence(x, eps=eps)
+        state = model.initial_state(2)
+        steps = []
+        for t in range(n):
+            out, state = model.step_teacher_forced(x[..., t * 200:(t + 1) * 200], state, eps=eps[:, t])
+            steps.append(out)
+    for key in ("prior_mean", "prior_std", "enc_mean", "enc_std", "dec_mean", "dec_std"):
+        stepped = torch.stack([s[key] for s in steps], dim=1)
+        assert stepped.shape == full[key].shape
+        assert torch.allclose(stepped, full[key], atol=1e-4, rtol=0), key
+    assert torch.allclose(state["h"], full_state["h"], atol=1e-4, rtol=0)
+    assert full["dec_mean"].std() > 0  # not a degenerate comparison
+
+
+def test_tiny_model_overfits_one_second_of_piano(piano):
+    model = tiny_model(piano)
+    c = model.config
+    x = piano[:16000].reshape(2, 1, 8000)  # one second as two 0.5 s chunks
+    opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=c.betas)
+    history = []
+    for _ in range(60):
+        metrics, _ = model.losses(x)
+        opt.zero_grad()
+        metrics["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in metrics.items()})
+    print("loss", history[0]["loss"], "->", history[-1]["loss"], "mse", history[0]["mse"], "->", history[-1]["mse"])
+    assert all(np.isfinite(h["loss"]) for h in history)
+    first, last = history[0], np.mean([h["loss"] for h in history[-5:]])
+    assert last < first["loss"] - 0.5  # nats per sample: a clear fall, not noise
+    assert history[-1]["mse"] < 0.5 * first["mse"]
+    assert abs(history[-1]["loss"] - history[-1]["kld"] - history[-1]["nll"]) < 1e-4
+
+
+def test_step_shapes_controls_and_temperature(piano):
+    model = tiny_model(piano).eval()
+    meta = model.stream_meta()
+    meta.validate()
+    assert ModelMeta.from_json(meta.to_json()).block_size == 200
+    assert meta.input_names() == ["temperature", "z_offset", "eps_z", "eps_x", "state.h"]
+    assert meta.output_names() == ["audio", "next_state.h"]
+    assert {c.name: c.role for c in meta.controls} == {
+        "temperature": "temperature", "z_offset": "latent_offset", "eps_z": "noise", "eps_x": "noise"}
+    g = torch.Generator().manual_seed(0)
+    controls = model.default_controls(3, g)
+    state = model.initial_state(3)
+    with torch.no_grad():
+        audio, nxt = model.step(controls, state)
+        assert audio.shape == (3, 1, 200) and nxt["h"].shape == (3, model.config.h_dim)
+        assert float(audio.abs().max()) <= 1.0
+        assert not torch.equal(nxt["h"], state["h"])
+        # Temperature 0 plays the means: the noise no longer matters.
+        cold = dict(controls, temperature=torch.zeros(3))
+        a0, _ = model.step(cold, state)
+        a1, _ = model.step(dict(cold, eps_z=torch.randn(3, 8), eps_x=torch.randn(3, 200)), state)
+        assert torch.equal(a0, a1)
+        # The noise matters at temperature 1, and so does the latent offset.
+        a2, _ = model.step(dict(controls, eps_x=torch.randn(3, 200)), state)
+        assert not torch.allclose(a2, audio)
+        a3, _ = model.step(dict(cold, z_offset=torch.full((3, 8), 2.0)), state)
+        assert not torch.allclose(a3, a0)
+    clip = model.generate(0.1, batch=2, seed=3)
+    assert clip.shape == (2, 1, 1600) and torch.isfinite(clip).all()
+    assert torch.equal(clip, model.generate(0.1, batch=2, seed=3))
+
+
+def test_k_frames_per_step_equal_k_single_steps(piano):
+    one = tiny_model(piano).eval()
+    four = Model(dataclasses.replace(one.config, frames_per_step=4)).eval()
+    four.load_state_dict(one.state_dict())
+    assert four.stream_meta().block_size == 800
+    controls = four.default_controls(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        audio4, s4 = four.step(controls, four.initial_state(2))
+        state, parts = one.initial_state(2), []
+        for i in range(4):
+            c = {"temperature": controls["temperature"], "z_offset": controls["z_offset"],
+                 "eps_z": controls["eps_z"][:, i], "eps_x": controls["eps_x"][:, i * 200:(i + 1) * 200]}
+            a, state = one.step(c, state)
+            parts.append(a)
+    assert torch.allclose(audio4, torch.cat(parts, dim=-1), atol=1e-6)
+    assert torch.allclose(s4["h"], state["h"], atol=1e-6)
+
+
+def export_step(model: Model) -> bytes:
+    """torch.onnx.export of `step` with the DESIGN.md names (a check of traceability; export/ owns the real one)."""
+    meta = model.stream_meta()
+    control_names = [c.name for c in meta.controls]
+    state_names = [s.name for s in meta.state]
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            controls = dict(zip(control_names, args[: len(control_names)]))
+            state = dict(zip(state_names, args[len(control_names):]))
+            audio, nxt = self.model.step(controls, state)
+            return (audio, *[nxt[n] for n in state_names])
+
+    controls = model.default_controls(1)
+    state = model.initial_state(1)
+    names_in, names_out = meta.input_names(), meta.output_names()
+    f = io.BytesIO()
+    torch.onnx.export(
+        Step().eval(), (*controls.values(), *state.values()), f, input_names=names_in, output_names=names_out,
+        dynamic_axes={n: {0: "batch"} for n in names_in + names_out}, dynamo=False, opset_version=17)
+    return f.getvalue()
+
+
+def test_onnxruntime_matches_torch_over_many_steps(piano):
+    model = tiny_model(piano).eval()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(export_step(model), opts, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == model.stream_meta().input_names()
+    assert [o.name for o in session.get_outputs()] == model.stream_meta().output_names()
+    g = torch.Generator().manual_seed(5)
+    state = model.initial_state(2)
+    h_ort = state["h"].numpy()
+    for _ in range(20):
+        controls = model.default_controls(2, g)
+        controls["temperature"] = torch.tensor([1.0, 0.5])
+        with torch.no_grad():
+            audio, state = model.step(controls, state)
+        out = session.run(None, {**{k: v.numpy() for k, v in controls.items()}, "state.h": h_ort})
+        h_ort = out[1]
+        assert np.abs(out[0] - audio.numpy()).max() <= 1e-4
+        assert np.abs(h_ort - state["h"].numpy()).max() <= 1e-4
