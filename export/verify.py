@@ -1,0 +1,143 @@
+"""Prove an exported graph streams like its torch model: onnxruntime vs torch, state fed back, call after call.
+
+    from export.verify import verify_export
+    report = verify_export(model, "model.onnx", calls=200)    # -> VerifyReport; report.passed, report.max_abs_diff
+
+Both sides run closed loop, each feeding its own state back, through the real runtime (instrument.model.load_model:
+the same IOBinding, initial state and noise path the instrument uses). The runtime draws the noise; the torch model
+gets exactly the arrays the runtime used. A drift in any state therefore shows up in the audio of later calls.
+
+Quantised models (meta.quantization, i.e. SampleRNN) sample discrete levels by inverting a CDF with a uniform
+noise value. A float rounding difference of ~1e-7 can move a sample across a CDF boundary to the adjacent level;
+that is legitimate, but after it the two streams are different (correct) performances. The rule: a block whose
+only mismatches are adjacent-level flips counts as a flip; the runtime's state is then resynchronised from torch
+and the comparison goes on. Verification fails if any other mismatch occurs, or if flips exceed
+`max_flip_rate` of the samples compared (default 1e-3, i.e. a flip must be rare).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instrument.meta import ModelMeta
+from instrument.model import RuntimeModel, load_model
+
+DEFAULT_TOLERANCE = 1e-4
+FP16_TOLERANCE = 2e-2
+
+
+@dataclass
+class VerifyReport:
+    calls: int
+    batch: int
+    max_abs_diff: float  # audio, over every call (flipped samples excluded)
+    max_state_diff: float  # relative to max(1, |state|)
+    tolerance: float
+    flips: int  # adjacent-level flips (quantised models only)
+    samples: int
+    passed: bool
+    failure: str = ""
+    per_call_max: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED: {self.failure}"
+        flips = f", {self.flips} adjacent-level flips in {self.samples} samples" if self.flips else ""
+        return (f"verify {verdict} ({self.calls} streaming calls, batch {self.batch}: max |onnx - torch| "
+                f"{self.max_abs_diff:.3g} audio, {self.max_state_diff:.3g} state, tolerance {self.tolerance:g}{flips})")
+
+
+def _level_index(x: np.ndarray, quantization: dict) -> np.ndarray | None:
+    """Map dequantised audio back to level indices, for the schemes the models use; None if unknown."""
+    levels = int(quantization.get("levels", 0))
+    scheme = str(quantization.get("scheme", "linear")).replace("_", "-").lower()
+    if levels < 2:
+        return None
+    x = np.clip(x.astype(np.float64), -1.0, 1.0)
+    if scheme in ("mu-law", "mulaw", "mu"):
+        mu = float(quantization.get("mu", levels - 1))
+        x = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    elif scheme != "linear":
+        return None
+    return np.rint((x + 1.0) / 2.0 * (levels - 1)).astype(np.int64)
+
+
+def _set_random_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator) -> None:
+    """Latents at random points of their range (a zero latent would test little); other controls at defaults."""
+    for c in meta.controls:
+        if c.role in ("latent", "latent_offset"):
+            low, high = max(c.minimum, -3.0), min(c.maximum, 3.0)
+            runtime.set_control(c.name, rng.uniform(low, high, size=c.shape) * 0.5 + (low + high) / 4)
+
+
+def verify_export(
+    model: torch.nn.Module,
+    onnx_path: str | Path,
+    calls: int = 200,
+    batch: int = 1,
+    seed: int = 0,
+    tolerance: float | None = None,
+    max_flip_rate: float = 1e-3,
+    device: str = "cpu",
+) -> VerifyReport:
+    runtime = load_model(onnx_path, device=device, threads=1, batch=batch)
+    meta = runtime.meta
+    if tolerance is None:
+        tolerance = FP16_TOLERANCE if meta.precision == "float16" else DEFAULT_TOLERANCE
+    runtime.reset(seed)
+    _set_random_controls(runtime, meta, np.random.default_rng(seed))
+    model = model.eval()
+    state = model.initial_state(batch)
+    quant = meta.quantization
+    report = VerifyReport(calls, batch, 0.0, 0.0, tolerance, 0, 0, True)
+    with torch.no_grad():
+        for call in range(calls):
+            audio_rt = runtime.step().astype(np.float64)
+            controls = {}
+            for name, array in runtime.last_controls().items():
+                value = torch.from_numpy(array)
+                controls[name] = value.float() if value.is_floating_point() else value
+            audio_t, state = model.step(controls, state)
+            audio_t = audio_t.detach().double().numpy()
+            report.samples += audio_t.size
+            diff = np.abs(audio_rt - audio_t)
+            bad = diff > tolerance
+            flipped_block = False
+            if bad.any() and quant:
+                a, b = _level_index(audio_rt[bad], quant), _level_index(audio_t[bad], quant)
+                if a is not None and np.all(np.abs(a - b) == 1):
+                    report.flips += int(bad.sum())
+                    flipped_block = True
+                    diff = np.where(bad, 0.0, diff)
+            block_max = float(diff.max()) if diff.size else 0.0
+            report.per_call_max.append(block_max)
+            report.max_abs_diff = max(report.max_abs_diff, block_max)
+            if block_max > tolerance or not math.isfinite(block_max):
+                report.passed = False
+                report.failure = f"call {call}: audio differs by {block_max:.3g} > {tolerance:g}"
+                break
+            torch_state = {k: v.detach() for k, v in state.items()}
+            if flipped_block:
+                runtime.set_state({k: v.numpy() for k, v in torch_state.items()})
+                continue
+            rt_state = runtime.get_state()
+            for s in meta.state:
+                ref = torch_state[s.name].double().numpy()
+                got = rt_state[s.name].astype(np.float64)
+                scale = max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+                d = float(np.abs(got - ref).max()) / scale if ref.size else 0.0
+                report.max_state_diff = max(report.max_state_diff, d)
+                if d > tolerance or not math.isfinite(d):
+                    report.passed = False
+                    report.failure = f"call {call}: state {s.name!r} differs by {d:.3g} (relative) > {tolerance:g}"
+                    break
+            if not report.passed:
+                break
+    if report.passed and report.samples and report.flips > max_flip_rate * report.samples:
+        report.passed = False
+        report.failure = f"{report.flips} adjacent-level flips in {report.samples} samples is more than chance"
+    report.calls = len(report.per_call_max)
+    return report

@@ -1,0 +1,154 @@
+"""Export parity: the ONNX graph, driven through the runtime, streams like the torch model (≥ 200 calls)."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import ExportError, export_model
+from export.verify import verify_export
+from instrument.meta import METADATA_KEY, ModelMeta
+from instrument.model import load_model
+from toy_models import ToyGenerator, ToyGRU, ToyQuantised
+
+torch.set_num_threads(1)
+
+CALLS = 200
+
+
+def _real_tiny_models():
+    """Each model kind's `-tiny` config, once its file has landed in training/."""
+    params = []
+    for kind in ("samplernn", "vrnn", "wavegan"):
+        try:
+            module = importlib.import_module(f"training.{kind}")
+        except ModuleNotFoundError as e:
+            if e.name == f"training.{kind}":
+                continue
+            raise
+        params.append(pytest.param(kind, id=f"{kind}-tiny"))
+    return params
+
+
+@pytest.fixture(params=[ToyGRU, ToyGenerator, ToyQuantised], ids=lambda c: c.__name__)
+def toy(request):
+    torch.manual_seed(0)
+    return request.param()
+
+
+def test_toy_parity_over_streaming_calls(toy, tmp_path):
+    result = export_model(toy, tmp_path / "toy.onnx")
+    report = verify_export(toy, result.path, calls=CALLS)
+    assert report.passed, report.summary()
+    assert report.calls == CALLS
+    assert report.max_abs_diff <= 1e-4
+    assert report.flips == 0  # the toys are too small for a float rounding to cross a CDF boundary
+
+
+def test_batch_axis_is_dynamic(tmp_path):
+    torch.manual_seed(1)
+    model = ToyGRU()
+    path = export_model(model, tmp_path / "gru.onnx").path
+    report = verify_export(model, path, calls=20, batch=3)
+    assert report.passed, report.summary()
+
+
+def test_metadata_is_complete(tmp_path):
+    torch.manual_seed(0)
+    model = ToyGRU()
+    info = {"step": 1234, "data": {"sources": ["piano.flac"], "seconds": 8.0, "mean": 0.0, "std": 0.1}}
+    result = export_model(model, tmp_path / "gru.onnx", info=info)
+    proto = onnx.load(str(result.path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = ModelMeta.from_json(props[METADATA_KEY])
+    assert meta.kind == "vrnn" and meta.block_size == 16 and meta.sample_rate == 16000
+    assert meta.training_data["sources"] == ["piano.flac"]
+    assert meta.extra["checkpoint_step"] == 1234
+    assert meta.config["name"] == "toy-gru"
+    # the learned h0 travels in the metadata and the runtime starts from it
+    assert np.allclose(meta.extra["initial_state"]["h"], model.h0.detach().numpy())
+    assert "last" not in meta.extra["initial_state"]  # zeros are not stored
+    runtime = load_model(result.path, device="cpu")
+    assert np.allclose(runtime.get_state()["h"][0], model.h0.detach().numpy())
+    assert [i.name for i in proto.graph.input] == meta.input_names()
+    assert [o.name for o in proto.graph.output] == meta.output_names()
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_offline_optimisation_reduces_nodes(tmp_path):
+    torch.manual_seed(0)
+    result = export_model(ToyGRU(), tmp_path / "gru.onnx")
+    assert result.nodes_final < result.nodes_traced
+    plain = export_model(ToyGRU(), tmp_path / "plain.onnx", optimise=False)
+    assert plain.nodes_final == plain.nodes_traced
+
+
+def test_verify_catches_a_wrong_graph(tmp_path):
+    """A graph that does not match its torch model must fail verification (the check can fail)."""
+    torch.manual_seed(0)
+    exported = ToyGRU()
+    path = export_model(exported, tmp_path / "gru.onnx").path
+    torch.manual_seed(1)
+    other = ToyGRU()
+    report = verify_export(other, path, calls=10)
+    assert not report.passed and "differs" in report.failure
+
+
+def test_verify_catches_dropped_state(tmp_path):
+    """A model exported without its streaming state (the clicks users report) fails verification."""
+
+    class Forgetful(ToyGRU):
+        def step(self, controls, state):
+            audio, new = super().step(controls, state)
+            return audio, {"h": torch.zeros_like(new["h"]) + self.h0, "last": new["last"]}
+
+    torch.manual_seed(0)
+    forgetful = Forgetful()
+    path = export_model(forgetful, tmp_path / "forgetful.onnx").path
+    honest = ToyGRU()
+    honest.load_state_dict(forgetful.state_dict())  # the same weights, with the state carried
+    report = verify_export(honest, path, calls=10)
+    assert not report.passed
+    assert verify_export(forgetful, path, calls=10).passed  # the graph itself is a faithful trace
+
+
+def test_inconsistent_initial_state_is_refused(tmp_path):
+    class Uneven(ToyGRU):
+        def initial_state(self, batch):
+            s = super().initial_state(batch)
+            s["last"] = torch.arange(batch, dtype=torch.float32)[:, None]
+            return s
+
+    with pytest.raises(ExportError, match="differs between batch items"):
+        export_model(Uneven(), tmp_path / "uneven.onnx")
+
+
+def test_fp16_export_loads_and_is_close(tmp_path):
+    torch.manual_seed(0)
+    model = ToyGenerator()
+    result = export_model(model, tmp_path / "gen16.onnx", fp16=True)
+    assert result.meta.precision == "float16"
+    runtime = load_model(result.path, device="cpu")
+    assert runtime.meta.control("z").dtype == "float16"
+    report = verify_export(model, result.path, calls=20)
+    assert report.passed, report.summary()
+    assert report.max_abs_diff > 0  # it really is half precision
+
+
+@pytest.mark.parametrize("kind", _real_tiny_models())
+def test_real_tiny_model_parity(kind, tmp_path):
+    module = importlib.import_module(f"training.{kind}")
+    config = module.CONFIGS[f"{kind}-tiny"]
+    torch.manual_seed(0)
+    model = module.Model(config)
+    if hasattr(model, "set_data_stats"):
+        model.set_data_stats(0.0, 0.2)
+    result = export_model(model, tmp_path / f"{kind}.onnx")
+    report = verify_export(model, result.path, calls=CALLS)
+    print(kind, result.notes, report.summary())
+    assert report.passed, report.summary()
+    assert report.calls == CALLS
