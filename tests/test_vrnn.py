@@ -137,11 +137,21 @@ def test_step_shapes_controls_and_temperature(piano):
         a0, _ = model.step(cold, state)
         a1, _ = model.step(dict(cold, eps_z=torch.randn(3, 8), eps_x=torch.randn(3, 200)), state)
         assert torch.equal(a0, a1)
-        # The noise matters at temperature 1, and so does the latent offset.
-        a2, _ = model.step(dict(controls, eps_x=torch.randn(3, 200)), state)
+        # At temperature 1, eps_z changes what is played; eps_x changes the frame fed back (the next state) but not
+        # the decoder mean that is played (play_mean, as in the thesis).
+        a2, _ = model.step(dict(controls, eps_z=torch.randn(3, 8)), state)
         assert not torch.allclose(a2, audio)
-        a3, _ = model.step(dict(cold, z_offset=torch.full((3, 8), 2.0)), state)
-        assert not torch.allclose(a3, a0)
+        a3, s3 = model.step(dict(controls, eps_x=torch.randn(3, 200)), state)
+        assert torch.equal(a3, audio) and not torch.allclose(s3["h"], nxt["h"])
+        # The latent offset moves z, hence the sound.
+        a4, _ = model.step(dict(cold, z_offset=torch.full((3, 8), 2.0)), state)
+        assert not torch.allclose(a4, a0)
+        # play_mean=False plays the drawn frame itself: the same as the mean at temperature 0, noisier at 1.
+        drawn = Model(dataclasses.replace(model.config, play_mean=False)).eval()
+        drawn.load_state_dict(model.state_dict())
+        assert torch.equal(drawn.step(cold, state)[0], a0)
+        a5, s5 = drawn.step(controls, state)
+        assert torch.equal(s5["h"], nxt["h"]) and not torch.allclose(a5, audio)
     clip = model.generate(0.1, batch=2, seed=3)
     assert clip.shape == (2, 1, 1600) and torch.isfinite(clip).all()
     assert torch.equal(clip, model.generate(0.1, batch=2, seed=3))

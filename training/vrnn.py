@@ -14,7 +14,8 @@ Generation draws z_t from the prior, x_t from the decoder, and feeds x_t back in
 Streaming contract (see docs/DESIGN.md §1): state `h` [h_dim]; controls `temperature` (scales both sampling sigmas;
 0 = the means, which is what the original implementation plays), `z_offset` [z_dim] (added to z: the performer's
 latent knobs), `eps_z` and `eps_x` (standard normal noise, drawn by the runtime). One `step` = `frames_per_step`
-frames, audio [B, 1, frames_per_step * frame] in [-1, 1].
+frames, audio [B, 1, frames_per_step * frame] in [-1, 1]. As in the thesis, the frame fed back is drawn from the
+decoder while the decoder mean is played (`play_mean`), so eps_x shapes where the stream goes, not added hiss.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class VRNNConfig:
     mlp_layers: int = 4  # hidden layers of phi_x, phi_enc, phi_prior and phi_dec (phi_z has one)
     min_std: float = 1e-3  # floor on every predicted sigma (normalised units): keeps the NLL finite
     frames_per_step: int = 1  # frames generated per `step` call (k > 1 unrolls k frames into one graph)
+    # Play the decoder mean and feed the drawn sample back (the thesis, after the original implementation), or
+    # play the drawn sample itself (adds the decoder's sigma as broadband noise to what is heard).
+    play_mean: bool = True
 
 
 CONFIGS: dict[str, VRNNConfig] = {
@@ -240,11 +244,12 @@ class Model(StreamingModel):
         z = mp + temperature * sp * eps_z + z_offset
         fz = self.phi_z(z)
         mx, sx = self.dec(self.phi_dec(torch.cat([fz, h], dim=-1)))
-        x = mx + temperature * sx * eps_x
-        # Clip in the audio domain and feed back what is played, so the recurrence only sees audio-like frames.
-        audio = torch.clamp(x * self.data_std + self.data_mean, -1.0, 1.0)
-        fx = self.phi_x((audio - self.data_mean) / self.data_std)
+        # The recurrence is driven by a frame drawn from the decoder, clipped to the audio range so that it only
+        # ever sees audio-like input; what is played is that frame or the decoder mean (config.play_mean).
+        drawn = torch.clamp((mx + temperature * sx * eps_x) * self.data_std + self.data_mean, -1.0, 1.0)
+        fx = self.phi_x((drawn - self.data_mean) / self.data_std)
         h_next = self.rnn(torch.cat([fx, fz], dim=-1), h)
+        audio = torch.clamp(mx * self.data_std + self.data_mean, -1.0, 1.0) if self.config.play_mean else drawn
         return audio, h_next
 
     def step(self, controls: Controls, state: State) -> tuple[torch.Tensor, State]:
