@@ -1,0 +1,153 @@
+"""The effects after the model: a pyo chain in manual mode, driven block by block from the producer thread.
+
+    stream ──► low-pass ──┬──────────────────────────────► + ──► limiter ──► hard clip ±1
+    voices ──► low-pass ──┴─► + ─┬─► delay  × delay.send ─┘
+                                 └─► reverb × reverb.send ┘
+
+Two stereo inputs: the model stream (played through the chain) and the one-shot voice bus (the voices sound
+dry from the audio callback with one block of latency; here they only feed the delay and reverb sends, whose
+wet return arrives with the ring's latency — a few ms of pre-delay). pyo runs with `audio="manual"`: the engine
+writes a block into the server's input buffer, calls `process()`, and copies the output buffer out (a view into
+pyo's memory: always copied). Every parameter goes through `SigTo`, so knob moves never zipper, and each
+effect's bypass crossfades. pyo allows one server per process, so the chain keeps a module-level server.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+os.environ.setdefault("PYO_GUI_WX", "0")
+
+SMOOTH_SECONDS = 0.02
+_server = None  # (pyo.Server, sr, block, channels)
+
+
+def _pyo():
+    import pyo  # imported lazily: it prints a banner and loads its own libraries
+
+    return pyo
+
+
+def _get_server(sr: int, block: int, channels: int):
+    global _server
+    pyo = _pyo()
+    if _server is not None:
+        s, ssr, sblock, sch = _server
+        if (ssr, sblock, sch) == (sr, block, channels):
+            return s
+        s.stop()
+        s.shutdown()
+        _server = None
+    s = pyo.Server(sr=sr, nchnls=channels, ichnls=2 * channels, buffersize=block, duplex=1, audio="manual",
+                   midi="none", verbosity=1)
+    s.boot()
+    s.start()
+    _server = (s, sr, block, channels)
+    return s
+
+
+class EffectsChain:
+    def __init__(self, samplerate: int, block: int, channels: int = 2, settings: dict | None = None):
+        pyo = _pyo()
+        self.sr, self.block, self.channels = int(samplerate), int(block), int(channels)
+        self.server = _get_server(self.sr, self.block, channels)
+        n_in, n_out = 2 * channels * block, channels * block
+        self._in = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(int(self.server.getInputAddr(), 16)))
+        self._out = np.ctypeslib.as_array((ctypes.c_float * n_out).from_address(int(self.server.getOutputAddr(), 16)))
+        self._in2 = self._in.reshape(block, 2 * channels)  # interleaved: stream channels, then voice channels
+        self._out2 = self._out.reshape(block, channels)
+        ch = list(range(channels))
+        t = SMOOTH_SECONDS
+        # Keep a Python reference to every pyo object: pyo drops unreferenced objects from the graph.
+        self.values = {"filter.cutoff": 20000.0, "delay.send": 0.0, "reverb.send": 0.0, "delay.time": 0.3,
+                       "delay.feedback": 0.35, "reverb.size": 0.8, "reverb.damp": 0.5, "limiter.threshold": -1.0}
+        self.bypass = {"filter": 0.0, "delay": 0.0, "reverb": 0.0, "limiter": 0.0}
+        self.sig = {
+            "cutoff": pyo.SigTo(20000.0, time=t), "delay": pyo.SigTo(0.0, time=t), "reverb": pyo.SigTo(0.0, time=t),
+            "fb": pyo.SigTo(0.35, time=t), "dtime": pyo.SigTo(0.3, time=0.2),
+            "filter_on": pyo.SigTo(1.0, time=t), "limiter_on": pyo.SigTo(1.0, time=t),
+        }
+        self.stream_in = pyo.Input(ch)
+        self.voice_in = pyo.Input([channels + c for c in ch])
+        # Two Butterworth sections: a 24 dB/oct low-pass that is musical at any cutoff.
+        self.lp1 = pyo.Biquad(self.stream_in, freq=self.sig["cutoff"], q=0.707, type=0)
+        self.lp2 = pyo.Biquad(self.lp1, freq=self.sig["cutoff"], q=0.707, type=0)
+        self.stream_f = pyo.Interp(self.stream_in, self.lp2, interp=self.sig["filter_on"])
+        self.vlp1 = pyo.Biquad(self.voice_in, freq=self.sig["cutoff"], q=0.707, type=0)
+        self.vlp2 = pyo.Biquad(self.vlp1, freq=self.sig["cutoff"], q=0.707, type=0)
+        self.voice_f = pyo.Interp(self.voice_in, self.vlp2, interp=self.sig["filter_on"])
+        self.send_bus = pyo.Mix([self.stream_f, self.voice_f], voices=channels)
+        self.delay = pyo.Delay(self.send_bus, delay=self.sig["dtime"], feedback=self.sig["fb"], maxdelay=2.0,
+                               mul=self.sig["delay"])
+        self.reverb = pyo.Freeverb(self.send_bus, size=0.8, damp=0.5, bal=1.0, mul=self.sig["reverb"])
+        self.mix = pyo.Mix([self.stream_f, self.delay, self.reverb], voices=channels)
+        # Limiter: fast compressor with a high ratio; no lookahead so it adds no latency. The hard clip after it
+        # is the last guarantee.
+        self.comp = pyo.Compress(self.mix, thresh=-1.0, ratio=20, risetime=0.001, falltime=0.08, lookahead=0.0,
+                                 knee=0.3)
+        self.limited = pyo.Interp(self.mix, self.comp, interp=self.sig["limiter_on"])
+        self.clipped = pyo.Clip(self.limited, min=-1.0, max=1.0)
+        self.output = self.clipped.out()
+        for name, value in (settings or {}).items():
+            self.set(name, value)
+        for _ in range(8):  # settle pyo's start-up amplitude ramp before the first real block
+            self._in[:] = 0.0
+            self.server.process()
+
+    def set(self, name: str, value: float) -> bool:
+        """Apply `filter.cutoff`, `delay.send`, `reverb.send`, `fx.<name>.bypass` (and the detail settings
+        `delay.time`, `delay.feedback`, `reverb.size`, `reverb.damp`); False for a name it does not own."""
+        v = float(value)
+        if name.startswith("fx.") and name.endswith(".bypass"):
+            fx = name[3:-7]
+            if fx not in self.bypass:
+                return False
+            self.bypass[fx] = 1.0 if v >= 0.5 else 0.0
+            on = 1.0 - self.bypass[fx]
+            if fx == "filter":
+                self.sig["filter_on"].value = on
+            elif fx == "limiter":
+                self.sig["limiter_on"].value = on
+            else:
+                self.sig[fx].value = self.values[f"{fx}.send"] * on
+            return True
+        if name not in self.values:
+            return False
+        self.values[name] = v
+        if name == "filter.cutoff":
+            self.sig["cutoff"].value = min(max(v, 20.0), 0.45 * self.sr)
+        elif name == "delay.send":
+            self.sig["delay"].value = min(max(v, 0.0), 1.0) * (1.0 - self.bypass["delay"])
+        elif name == "reverb.send":
+            self.sig["reverb"].value = min(max(v, 0.0), 1.0) * (1.0 - self.bypass["reverb"])
+        elif name == "delay.time":
+            self.sig["dtime"].value = min(max(v, 0.001), 2.0)
+        elif name == "delay.feedback":
+            self.sig["fb"].value = min(max(v, 0.0), 0.95)
+        elif name == "reverb.size":
+            self.reverb.size = min(max(v, 0.0), 1.0)
+        elif name == "reverb.damp":
+            self.reverb.damp = min(max(v, 0.0), 1.0)
+        return True
+
+    def process(self, stream: np.ndarray | None, voices: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+        """One block: stream and voices [block, channels] (None = silence) → out [block, channels]."""
+        c = self.channels
+        if stream is None:
+            self._in2[:, :c] = 0.0
+        else:
+            self._in2[:, :c] = stream
+        if voices is None:
+            self._in2[:, c:] = 0.0
+        else:
+            self._in2[:, c:] = voices
+        self.server.process()
+        np.copyto(out, self._out2)  # pyo's buffer is reused by the next process(): copy it out now
+        np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+    def close(self) -> None:
+        for obj in (self.output,):
+            obj.stop()

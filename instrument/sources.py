@@ -1,0 +1,177 @@
+"""Model → blocks: what the engine's producer thread pulls audio from.
+
+A *model* here is anything with the runtime interface of instrument/model.py (`meta`, `reset(seed)`,
+`set_control(name, value)`, `generate(n) -> float32 [C, n]`, `step()`), so tests can drive the engine with a small
+numpy model and the instrument with an exported ONNX one, through the same code.
+
+`Resampler` turns a model-rate source into device-rate frames with soxr's streaming resampler (its state carries
+across calls, so block edges never click). `Program` is one loaded model in one voice mode, with the performer
+parameters applied to it by control role.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import soxr
+
+from instrument.errors import UserError
+from instrument.params import LatentMapper, ParamSpec, performer_params
+
+MODES = ("oneshot", "continuous", "stream")
+DEFAULT_MODE = {"wavegan": "oneshot", "vrnn": "stream", "samplernn": "stream"}
+MODEL_PARAMS = ("temperature", "morph", "drift")  # besides latent.i: parameters the model (not the effects) takes
+
+
+class ModelStream:
+    """A continuous model-rate stream from a runtime model (VRNN, SampleRNN): `render(n) -> [n, C]`."""
+
+    def __init__(self, model):
+        self.model = model
+        self.sample_rate = int(model.meta.sample_rate)
+        self.channels = int(model.meta.channels)
+        self.compute_seconds = 0.0  # time spent inside the model, for the real-time factor
+        self.frames_rendered = 0
+
+    def render(self, n: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        audio = self.model.generate(n)
+        self.compute_seconds += time.perf_counter() - t0
+        self.frames_rendered += n
+        return np.ascontiguousarray(np.asarray(audio, dtype=np.float32).T)
+
+
+class Resampler:
+    """Pulls a model-rate source (`render(n) -> [n, C]`) and hands out exact device-rate blocks [frames, out_ch]."""
+
+    def __init__(self, source, out_rate: int, out_channels: int, chunk: int | None = None, quality: str = "HQ"):
+        self.source = source
+        self.out_rate = int(out_rate)
+        self.out_channels = int(out_channels)
+        self.ratio = self.out_rate / source.sample_rate
+        self._resampler = (None if source.sample_rate == self.out_rate else
+                           soxr.ResampleStream(source.sample_rate, self.out_rate, source.channels,
+                                               dtype="float32", quality=quality))
+        self.chunk = int(chunk or max(32, 256 // max(1, round(self.ratio))))
+        self._fifo = np.zeros((0, out_channels), np.float32)
+
+    def _map_channels(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[1] == self.out_channels:
+            return x
+        if x.shape[1] == 1:
+            return np.repeat(x, self.out_channels, axis=1)
+        if x.shape[1] > self.out_channels:
+            return x[:, : self.out_channels]
+        return np.concatenate([x, np.repeat(x[:, -1:], self.out_channels - x.shape[1], axis=1)], axis=1)
+
+    def read(self, frames: int) -> np.ndarray:
+        while len(self._fifo) < frames:
+            x = self.source.render(self.chunk)
+            y = x if self._resampler is None else self._resampler.resample_chunk(x)
+            if len(y):
+                self._fifo = np.concatenate([self._fifo, self._map_channels(y)])
+        out, self._fifo = self._fifo[:frames], self._fifo[frames:]
+        return out
+
+
+def _get(obj: Any, name: str, default=None):
+    return getattr(obj, name, default) if obj is not None else default
+
+
+class Program:
+    """One model ready to play in one voice mode: `oneshot` (a latent cache of clips for the voice pool),
+    `continuous` (overlap-added WaveGAN clips) or `stream` (VRNN, SampleRNN)."""
+
+    def __init__(self, model, out_rate: int, out_channels: int, preset: Any = None, mode: str | None = None,
+                 seed: int = 0, key: str = ""):
+        from instrument.voices import ContinuousClips, LatentCache  # voices imports this module's helpers
+
+        self.model = model
+        self.meta = model.meta
+        self.preset = preset
+        self.key = key or str(_get(preset, "name", "") or _get(self.meta, "name", "") or id(model))
+        self.mode = mode or _get(preset, "mode") or DEFAULT_MODE.get(self.meta.kind, "stream")
+        if self.mode not in MODES:
+            raise UserError(f"unknown voice mode {self.mode!r} (expected one of {', '.join(MODES)}).")
+        if self.mode != "stream" and self.meta.state:
+            # Clips are independent calls: a model that carries state between calls can only stream.
+            raise UserError(f"{self.key}: mode {self.mode!r} needs a stateless clip model (WaveGAN); "
+                            f"this {self.meta.kind} model streams (mode 'stream').")
+        self.out_rate, self.out_channels = int(out_rate), int(out_channels)
+        self.seed = int(seed)
+        self.mapper = LatentMapper(self.meta, _get(preset, "latents") or {}, seed=seed)
+        self.params: list[ParamSpec] = performer_params(self.meta, self.mode)
+        self.values: dict[str, float] = {p.name: p.default for p in self.params}
+        for name, value in (_get(preset, "defaults") or {}).items():
+            if name in self.values:
+                self.values[name] = float(value)
+        self.reset_on_note = bool((_get(preset, "defaults") or {}).get("reset_on_note", False))
+        model.reset(self.seed)
+        self.cache: LatentCache | None = None
+        self.clips: ContinuousClips | None = None
+        self.stream: Resampler | None = None
+        self.inner = None  # the model-rate source under the resampler (ModelStream or ContinuousClips)
+        if self.mode == "oneshot":
+            self.cache = LatentCache(model, self.mapper, out_rate, out_channels,
+                                     root_note=int(_get(preset, "root_note", 60) or 60))
+        elif self.mode == "continuous":
+            self.clips = ContinuousClips(model, self.mapper, seed=seed, drift=self.values.get("drift", 0.2))
+            self.inner = self.clips
+            self.stream = Resampler(self.clips, out_rate, out_channels)
+        else:
+            self.inner = ModelStream(model)
+            self.stream = Resampler(self.inner, out_rate, out_channels)
+        for name, value in self.values.items():
+            self.set_param(name, value)
+        if self.cache is not None:
+            self.cache.start()
+        if self.clips is not None:
+            self.clips.start()
+
+    # --- producer side -----------------------------------------------------------------------------------
+    def render(self, frames: int) -> np.ndarray | None:
+        """Device-rate frames [frames, out_channels], or None when this mode has no stream (oneshot)."""
+        return None if self.stream is None else self.stream.read(frames)
+
+    def set_param(self, name: str, value: float) -> None:
+        """Apply a model-side parameter (the engine handles volume and effects)."""
+        self.values[name] = float(value)
+        if name == "temperature":
+            for c in self.meta.controls_with_role("temperature"):
+                self.model_control(c.name, min(max(float(value), c.minimum), c.maximum))
+        elif name == "drift" and self.clips is not None:
+            self.clips.drift = float(value)
+        elif self.mapper.set(name, value):
+            if self.mode == "stream":
+                self.model_control(self.mapper.control.name, self.mapper.vector())
+            elif self.cache is not None:
+                self.cache.invalidate()
+            # continuous: the clip thread reads the mapper for every new clip
+
+    def model_control(self, name: str, value) -> None:
+        # In oneshot/continuous mode a background thread owns the model; it applies the latent itself, and
+        # temperature-like controls are plain values it reads at its next step.
+        self.model.set_control(name, value)
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.seed = int(seed)
+        if self.mode == "stream":
+            self.model.reset(self.seed)
+            for name, value in self.values.items():
+                if name == "temperature" or name.startswith("latent."):
+                    self.set_param(name, value)
+
+    # --- statistics --------------------------------------------------------------------------------------
+    def compute_seconds(self) -> tuple[float, float]:
+        """(seconds spent in the model, seconds of model audio produced) so far."""
+        src = self.cache or self.inner
+        if src is None:
+            return 0.0, 0.0
+        return src.compute_seconds, src.frames_rendered / self.meta.sample_rate
+
+    def close(self) -> None:
+        for part in (self.cache, self.clips):
+            if part is not None:
+                part.stop()

@@ -1,0 +1,96 @@
+"""Capturing what the instrument really plays: a JACK client whose input ports are connected to PortAudio's output
+ports. Reusable by any test that has the `jack_server` fixture (tests/conftest.py).
+
+    with JackCapture(seconds=3) as cap:      # connects to every `PortAudio:out_*` port that appears
+        ...play...
+    audio = cap.audio()                      # float32 [frames, channels], what the server received
+    cap.frame_of(t_monotonic)                # the capture frame index at which a monotonic time fell
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class JackCapture:
+    def __init__(self, seconds: float = 5.0, channels: int = 2, source_prefix: str = "PortAudio:out_",
+                 name: str = "neuralinst-capture"):
+        import jack
+
+        self.client = jack.Client(name, no_start_server=True)
+        self.rate = self.client.samplerate
+        self.channels = channels
+        self.source_prefix = source_prefix
+        self.buf = np.zeros((int(seconds * self.rate), channels), np.float32)
+        self.frames = 0
+        self.first_frame_time: int | None = None  # JACK frame time of buffer frame 0
+        self.ports = [self.client.inports.register(f"in_{i}") for i in range(channels)]
+        self._connected = False
+        self.client.set_process_callback(self._process)
+
+    def _process(self, nframes: int) -> None:
+        if self.first_frame_time is None:
+            if not self._connected:
+                return
+            self.first_frame_time = self.client.last_frame_time
+        n = min(nframes, len(self.buf) - self.frames)
+        if n <= 0:
+            return
+        for c, port in enumerate(self.ports):
+            self.buf[self.frames:self.frames + n, c] = port.get_array()[:n]
+        self.frames += n
+
+    def __enter__(self) -> "JackCapture":
+        self.client.activate()
+        return self
+
+    def connect(self, timeout: float = 5.0) -> None:
+        """Connect to the instrument's output ports (call after its stream has started)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            sources = self.client.get_ports(self.source_prefix, is_output=True, is_audio=True)
+            if len(sources) >= self.channels:
+                for src, dst in zip(sources, self.ports):
+                    self.client.connect(src, dst)
+                self._connected = True  # capture starts at the next JACK cycle
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"no JACK output ports named {self.source_prefix}* appeared")
+
+    def wait_frames(self, frames: int, timeout: float = 30.0) -> bool:
+        end = time.monotonic() + timeout
+        while self.frames < frames and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.frames >= frames
+
+    def frame_now(self) -> int:
+        """The capture frame index corresponding to 'now' (JACK's estimate of the current frame)."""
+        return self.client.frame_time - (self.first_frame_time or 0)
+
+    def audio(self) -> np.ndarray:
+        return self.buf[: self.frames].copy()
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def spectrum(x: np.ndarray, n_fft: int = 4096) -> np.ndarray:
+    """Mean magnitude spectrum (Welch, Hann) of a mono signal, normalised to sum 1: a level-independent shape."""
+    x = np.asarray(x, np.float64)
+    hop = n_fft // 2
+    win = np.hanning(n_fft)
+    frames = [x[i:i + n_fft] * win for i in range(0, len(x) - n_fft + 1, hop)]
+    mag = np.abs(np.fft.rfft(np.array(frames), axis=1)).mean(axis=0)
+    return mag / (mag.sum() + 1e-12)
+
+
+def onset(x: np.ndarray, threshold: float = 0.01, start: int = 0) -> int | None:
+    """First frame (from `start`) whose absolute value on any channel exceeds `threshold`."""
+    a = np.abs(x[start:]).max(axis=1) if x.ndim == 2 else np.abs(x[start:])
+    idx = np.flatnonzero(a > threshold)
+    return int(idx[0]) + start if len(idx) else None
