@@ -57,12 +57,13 @@ def _level_index(x: np.ndarray, quantization: dict) -> np.ndarray | None:
     if levels < 2:
         return None
     x = np.clip(x.astype(np.float64), -1.0, 1.0)
-    if scheme in ("mu-law", "mulaw", "mu"):
-        mu = float(quantization.get("mu", levels - 1))
-        x = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
-    elif scheme != "linear":
-        return None
-    return np.rint((x + 1.0) / 2.0 * (levels - 1)).astype(np.int64)
+    if scheme == "linear":  # level / (q / 2) - 1
+        return np.rint((x + 1.0) * (levels / 2)).astype(np.int64)
+    if scheme == "mu-law":  # mu = q - 1, companded y = 2 * level / mu - 1
+        mu = levels - 1
+        y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+        return np.rint((y + 1.0) / 2.0 * mu).astype(np.int64)
+    return None
 
 
 def _set_random_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator) -> None:
@@ -90,7 +91,16 @@ def verify_export(
     runtime.reset(seed)
     _set_random_controls(runtime, meta, np.random.default_rng(seed))
     model = model.eval()
-    state = model.initial_state(batch)
+    # Both sides start from the runtime's initial state (it may hold seeded h0 noise); without such noise it must
+    # equal the torch model's own initial state.
+    rt_initial = runtime.get_state()
+    if not meta.extra.get("initial_state_noise_std"):
+        for name, value in model.initial_state(batch).items():
+            if not np.allclose(rt_initial[name], value.detach().numpy(), atol=tolerance, rtol=0):
+                return VerifyReport(0, batch, math.inf, math.inf, tolerance or DEFAULT_TOLERANCE, 0, 0, False,
+                                    f"the runtime's initial state {name!r} differs from the model's")
+    state = {k: torch.from_numpy(v.astype(np.float32) if v.dtype == np.float16 else v)
+             for k, v in rt_initial.items()}
     quant = meta.quantization
     report = VerifyReport(calls, batch, 0.0, 0.0, tolerance, 0, 0, True)
     with torch.no_grad():

@@ -302,6 +302,14 @@ def _check_initial_state(meta: ModelMeta, name: str) -> None:
             raise UserError(f"{name}: the initial value of state {key!r} does not match its shape.")
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             raise UserError(f"{name}: the initial value of state {key!r} holds non-numbers.")
+    noise = meta.extra.get("initial_state_noise_std", {})
+    if not isinstance(noise, dict):
+        raise UserError(f"{name}: its metadata's initial_state_noise_std is not a mapping.")
+    for key, std in noise.items():
+        if key not in shapes:
+            raise UserError(f"{name}: its metadata gives an initial noise level for unknown state {key!r}.")
+        if not (isinstance(std, (int, float)) and math.isfinite(std) and 0 <= std <= 100):
+            raise UserError(f"{name}: the initial noise level of state {key!r} is not a number in [0, 100].")
 
 
 def _check_graph_io(session, meta: ModelMeta, name: str) -> None:
@@ -408,6 +416,9 @@ class RuntimeModel:
             self._controls[c.name] = np.full((batch, *c.shape), c.default, dtype=_NUMPY_DTYPES[c.dtype])
         self._noise = [(self._controls[c.name], c.distribution) for c in meta.controls if c.role == "noise"]
         self._noise_scratch = {id(a): np.empty(a.shape, np.float32) for a, _ in self._noise if a.dtype != np.float32}
+        # Randomised initial state (Dadabots' SampleRNN h0): N(0, std^2) added at every reset, from the seeded rng.
+        self._initial_noise = [(s.name, float(meta.extra.get("initial_state_noise_std", {})[s.name]))
+                               for s in meta.state if meta.extra.get("initial_state_noise_std", {}).get(s.name)]
 
         # Initial state, one array per state name, repeated over the batch.
         init = meta.extra.get("initial_state", {})
@@ -465,9 +476,17 @@ class RuntimeModel:
     def reset(self, seed: int | None = 0) -> None:
         """Back to the initial state, leftovers dropped, noise generator reseeded (controls keep their values).
 
-        The same seed and the same control values give the same audio, call for call."""
+        The same seed and the same control values give the same audio, call for call. Where the metadata asks
+        for a randomised initial state (`extra["initial_state_noise_std"]`), the noise is drawn first, from the
+        same seeded generator, in state order."""
         self._rng = np.random.default_rng(seed)
-        self.set_state(self._initial)
+        if self._initial_noise:
+            state = dict(self._initial)
+            for name, std in self._initial_noise:
+                state[name] = state[name] + std * self._rng.standard_normal(state[name].shape)
+            self.set_state(state)
+        else:
+            self.set_state(self._initial)
         self._pos = self.meta.block_size
 
     def set_control(self, name: str, value: Any) -> None:

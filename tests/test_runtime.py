@@ -160,3 +160,26 @@ def test_render_refuses_bad_requests_with_one_sentence(tmp_path, gru_path):
     assert "Traceback" not in missing.stderr
     hot = _render(gru_path, tmp_path / "x.wav", "--temperature", "9")
     assert hot.returncode == 1 and "outside the model's range" in hot.stderr
+
+
+def test_randomised_initial_state_is_seeded(tmp_path):
+    class RandomH0(ToyGRU):
+        def stream_meta(self):
+            meta = super().stream_meta()
+            meta.extra["initial_state_noise_std"] = {"h": 0.5}
+            return meta
+
+    torch.manual_seed(0)
+    model = RandomH0()
+    path = export_model(model, tmp_path / "h0.onnx").path
+    runtime = load_model(path, device="cpu")
+    runtime.reset(1)
+    a = runtime.get_state()["h"]
+    runtime.reset(1)
+    np.testing.assert_array_equal(runtime.get_state()["h"], a)
+    runtime.reset(2)
+    b = runtime.get_state()["h"]
+    base = model.h0.detach().numpy()
+    assert 0.2 < np.std(a - base) < 1.0 and np.abs(a - b).max() > 0.1
+    from export.verify import verify_export
+    assert verify_export(model, path, calls=20).passed  # torch starts from the runtime's seeded state

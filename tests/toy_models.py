@@ -98,7 +98,7 @@ class ToyQuantised(StreamingModel):
         super().__init__(config or ToyConfig(name="toy-quantised", kind="samplernn", block=8))
         c = self.config
         self.table = nn.Linear(1, c.levels)
-        self.register_buffer("levels_values", torch.linspace(-1.0, 1.0, c.levels))
+        self.register_buffer("levels_values", torch.arange(c.levels) / (c.levels / 2) - 1.0)  # "linear" as SampleRNN
 
     def stream_meta(self) -> ModelMeta:
         c = self.config
