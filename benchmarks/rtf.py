@@ -1,0 +1,141 @@
+"""Real-time factor and per-call latency of every model config, onnxruntime vs torch eager, on ONE core.
+
+    neuralinst bench rtf [--configs samplernn-live,vrnn-paper,...] [--quick]
+
+Both executors run the same weights (random, seeded: speed does not depend on training) the same way: one
+`step` call after another with the state fed back, batch 1, one thread, the process pinned to one core. Torch and
+onnxruntime are timed in alternating rounds, so a noisy machine slows both alike and the ratio holds.
+
+Figures: seconds of audio per second of compute (× real time) for each, their ratio, the distribution of
+onnxruntime's per-call time against the call's own audio duration (a call slower than the audio it makes would
+miss the deadline of a live stream), and batched throughput (streams × real time) for offline rendering.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import pin_to_one_core, print_table, stats_ms, write_result
+
+DEFAULT_CONFIGS = [
+    "samplernn-tiny", "samplernn-live", "samplernn-paper",
+    "vrnn-tiny", "vrnn-live", "vrnn-paper",
+    "wavegan-tiny", "wavegan-live", "wavegan-paper",
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated config names")
+    p.add_argument("--seconds", type=float, default=2.0, help="audio per round for the fast models (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating torch/onnx rounds (default 3)")
+    p.add_argument("--batches", default="1,8,32", help="batch sizes for the throughput table")
+    p.add_argument("--quick", action="store_true", help="a short run (fewer rounds, less audio)")
+    p.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
+    p.add_argument("--name", default="rtf", help="result file name under benchmarks/results/")
+
+
+def _calls_for(meta, seconds: float, budget_rtf_guess: float) -> int:
+    # Slow models (paper SampleRNN in torch runs at ~0.005x) get fewer calls so one round stays near a few seconds.
+    audio = seconds * min(1.0, max(budget_rtf_guess, 0.02))
+    return max(3, int(np.ceil(audio * meta.sample_rate / meta.block_size)))
+
+
+def _time_torch(model, meta, calls: int, generator) -> float:
+    import torch
+
+    state = model.initial_state(1)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            _, state = model.step(model.default_controls(1, generator), state)
+        return time.perf_counter() - t0
+
+
+def _time_onnx(runtime, calls: int) -> tuple[float, list[float]]:
+    per_call = []
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        t = time.perf_counter()
+        runtime.step()
+        per_call.append(time.perf_counter() - t)
+    return time.perf_counter() - t0, per_call
+
+
+def measure_config(name: str, seconds: float, rounds: int, batches: list[int], workdir: Path) -> dict:
+    import torch
+
+    from export.onnx_export import export_model
+    from instrument.model import load_model
+    from training.configs import build_model, get_config
+
+    torch.manual_seed(0)
+    model = build_model(get_config(name)).eval()
+    meta = model.stream_meta()
+    path = workdir / f"{name}.onnx"
+    export_model(model, path)
+    runtime = load_model(path, device="cpu", threads=1, batch=1)
+    runtime.reset(0)
+    guess = {"samplernn": 0.01 if "paper" in name or "dadabots" in name else 0.1}.get(meta.kind, 1.0)
+    calls = _calls_for(meta, seconds, guess)
+    g = torch.Generator().manual_seed(0)
+    _time_torch(model, meta, 1, g)  # warm-up both
+    _time_onnx(runtime, 1)
+    audio_per_round = calls * meta.block_size / meta.sample_rate
+    torch_rtf, onnx_rtf, per_call = [], [], []
+    for _ in range(rounds):
+        torch_rtf.append(audio_per_round / _time_torch(model, meta, calls, g))
+        total, pc = _time_onnx(runtime, calls)
+        onnx_rtf.append(audio_per_round / total)
+        per_call += pc
+    ratios = [o / t for o, t in zip(onnx_rtf, torch_rtf)]
+    deadline_s = meta.block_size / meta.sample_rate
+    row = {
+        "config": name, "kind": meta.kind, "sample_rate": meta.sample_rate, "block_size": meta.block_size,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "torch_eager_rtf": float(np.median(torch_rtf)), "onnx_rtf": float(np.median(onnx_rtf)),
+        "onnx_over_torch": float(np.median(ratios)), "rounds": rounds, "audio_per_round_s": audio_per_round,
+        "call_ms": stats_ms(per_call), "call_deadline_ms": deadline_s * 1e3,
+        "calls_over_deadline": float(np.mean(np.asarray(per_call) > deadline_s)),
+        "batched": [],
+    }
+    for b in batches:
+        if b == 1:
+            row["batched"].append({"batch": 1, "streams_x_rtf": row["onnx_rtf"]})
+            continue
+        rb = load_model(path, device="cpu", threads=1, batch=b)
+        rb.reset(0)
+        n = max(2, calls // 4)
+        rb.step()
+        total, _ = _time_onnx(rb, n)
+        row["batched"].append({"batch": b, "streams_x_rtf": b * n * deadline_s / total})
+    return row
+
+
+def run(args) -> int:
+    core = pin_to_one_core(args.core)
+    rounds, seconds = (2, 0.5) if args.quick else (args.rounds, args.seconds)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    names = [c for c in args.configs.split(",") if c]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            print(f"measuring {name} ...", flush=True)
+            rows.append(measure_config(name, seconds, rounds, batches, Path(tmp)))
+    print(f"\nReal-time factor, batch 1, one thread on core {core} (x real time; > 1 is faster than real time)")
+    print_table(
+        ["config", "params", "torch eager", "onnxruntime", "ratio", "call p50 ms", "call p99 ms", "deadline ms",
+         "late calls"],
+        [[r["config"], f"{r['parameters'] / 1e6:.2f}M", r["torch_eager_rtf"], r["onnx_rtf"], r["onnx_over_torch"],
+          r["call_ms"]["p50"], r["call_ms"]["p99"], r["call_deadline_ms"], f"{100 * r['calls_over_deadline']:.1f}%"]
+         for r in rows],
+    )
+    print("\nBatched throughput, onnxruntime, one thread (streams x real time)")
+    print_table(["config"] + [f"batch {b['batch']}" for b in rows[0]["batched"]] if rows else ["config"],
+                [[r["config"]] + [b["streams_x_rtf"] for b in r["batched"]] for r in rows])
+    path = write_result(args.name, {"core": core, "rows": rows})
+    print(f"\nwritten: {path}")
+    return 0
