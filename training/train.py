@@ -243,7 +243,7 @@ class Adversarial(Objective):
             return {}, False
         c_opt.zero_grad(set_to_none=True)  # the generator's backward also reached the critic
         out = _mean(rows)
-        out.update({f"generator_{k}": float(v) for k, v in m.items()})
+        out.update({f"generator_{k}": float(v.detach()) for k, v in m.items()})
         out["loss"] = out["critic_loss"]
         return out, True
 
