@@ -139,6 +139,19 @@ def test_fp16_export_loads_and_is_close(tmp_path):
     assert report.max_abs_diff > 0  # it really is half precision
 
 
+def test_fp16_is_refused_for_sampling_models(tmp_path):
+    with pytest.raises(ExportError, match="fp16"):
+        export_model(ToyQuantised(), tmp_path / "q16.onnx", fp16=True)
+
+
+def test_fp16_keeps_recurrent_models_close(tmp_path):
+    torch.manual_seed(0)
+    model = ToyGRU()
+    result = export_model(model, tmp_path / "gru16.onnx", fp16=True)
+    report = verify_export(model, result.path, calls=CALLS)
+    assert report.passed, report.summary()
+
+
 @pytest.mark.parametrize("kind", _real_tiny_models())
 def test_real_tiny_model_parity(kind, tmp_path):
     module = importlib.import_module(f"training.{kind}")
@@ -175,3 +188,44 @@ def test_adjacent_level_flips_are_counted_resynchronised_and_bounded(tmp_path):
     assert lenient.flips > 0  # flips happened, each resynchronised, and nothing else differed
     strict = verify_export(nudged, path, calls=CALLS)  # the default rule: a flip must be rare (≤ 1e-3)
     assert not strict.passed and "flips" in strict.failure
+
+
+def _neuralinst(*args, timeout=240):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "neuralinst", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_export_command_from_a_checkpoint(tmp_path):
+    """`neuralinst export RUN --out M.onnx` on a real checkpoint: exported, verified, loadable, metadata filled."""
+    pytest.importorskip("training.vrnn")
+    from training.checkpoint import save_checkpoint
+    from training.configs import build_model, get_config
+
+    config = get_config("vrnn-tiny")
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.set_data_stats(0.01, 0.2)
+    data = {"sources": ["piano.flac"], "seconds": 8.0, "sample_rate": config.sample_rate}
+    info = {"config": __import__("dataclasses").asdict(config), "kind": "vrnn", "data": data,
+            "history": {"valid": [{"step": 10, "loss": 1.5}]}}
+    save_checkpoint(tmp_path / "run", 10, model, {}, info)
+    out = tmp_path / "vrnn.onnx"
+    r = _neuralinst("export", str(tmp_path / "run"), "--out", str(out), "--verify-calls", "200")
+    assert r.returncode == 0, r.stderr
+    assert "verify passed (200 streaming calls" in r.stdout, r.stdout
+    meta = load_model(out, device="cpu").meta
+    assert meta.kind == "vrnn" and meta.training_data["sources"] == ["piano.flac"]
+    assert meta.extra["checkpoint_step"] == 10 and meta.extra["last_validation"]["loss"] == 1.5
+    assert meta.config["name"] == "vrnn-tiny"
+
+
+def test_export_command_refuses_with_one_sentence(tmp_path):
+    r = _neuralinst("export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 1 and "no such checkpoint" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "run").mkdir()
+    r = _neuralinst("export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
