@@ -3,14 +3,14 @@ on one second of real piano, the streaming controls, and onnxruntime == torch fo
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
 
+from export.onnx_export import export_model
+from export.verify import verify_export
 from instrument.meta import ModelMeta
 from training.vrnn import CONFIGS, Model, parameter_count
 
@@ -175,49 +175,14 @@ def test_k_frames_per_step_equal_k_single_steps(piano):
     assert torch.allclose(s4["h"], state["h"], atol=1e-6)
 
 
-def export_step(model: Model) -> bytes:
-    """torch.onnx.export of `step` with the DESIGN.md names (a check of traceability; export/ owns the real one)."""
-    meta = model.stream_meta()
-    control_names = [c.name for c in meta.controls]
-    state_names = [s.name for s in meta.state]
-
-    class Step(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, *args):
-            controls = dict(zip(control_names, args[: len(control_names)]))
-            state = dict(zip(state_names, args[len(control_names):]))
-            audio, nxt = self.model.step(controls, state)
-            return (audio, *[nxt[n] for n in state_names])
-
-    controls = model.default_controls(1)
-    state = model.initial_state(1)
-    names_in, names_out = meta.input_names(), meta.output_names()
-    f = io.BytesIO()
-    torch.onnx.export(
-        Step().eval(), (*controls.values(), *state.values()), f, input_names=names_in, output_names=names_out,
-        dynamic_axes={n: {0: "batch"} for n in names_in + names_out}, dynamo=False, opset_version=17)
-    return f.getvalue()
-
-
-def test_onnxruntime_matches_torch_over_many_steps(piano):
+def test_exports_through_the_pipeline_and_onnxruntime_matches_torch(piano, tmp_path):
+    """export/onnx_export.py (the only torch -> ONNX bridge), then export/verify.py: onnxruntime through the live
+    runtime vs torch, closed loop, each side feeding back its own state, batch 2."""
     model = tiny_model(piano).eval()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(export_step(model), opts, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == model.stream_meta().input_names()
-    assert [o.name for o in session.get_outputs()] == model.stream_meta().output_names()
-    g = torch.Generator().manual_seed(5)
-    state = model.initial_state(2)
-    h_ort = state["h"].numpy()
-    for _ in range(20):
-        controls = model.default_controls(2, g)
-        controls["temperature"] = torch.tensor([1.0, 0.5])
-        with torch.no_grad():
-            audio, state = model.step(controls, state)
-        out = session.run(None, {**{k: v.numpy() for k, v in controls.items()}, "state.h": h_ort})
-        h_ort = out[1]
-        assert np.abs(out[0] - audio.numpy()).max() <= 1e-4
-        assert np.abs(h_ort - state["h"].numpy()).max() <= 1e-4
+    result = export_model(model, tmp_path / "vrnn.onnx")
+    assert result.meta.input_names() == ["temperature", "z_offset", "eps_z", "eps_x", "state.h"]
+    assert result.meta.output_names() == ["audio", "next_state.h"]
+    assert result.meta.extra["data_std"] == pytest.approx(float(piano.std()))
+    report = verify_export(model, result.path, calls=40, batch=2)
+    assert report.passed, report.summary()
+    assert report.max_abs_diff <= 1e-4

@@ -4,14 +4,15 @@ the stateless streaming step, and onnxruntime == torch."""
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
 
+from export.onnx_export import export_model
+from export.verify import verify_export
+from instrument.model import load_model
 from training.wavegan import CONFIGS, Model, parameter_count, phase_shuffle
 
 torch.set_num_threads(1)
@@ -155,27 +156,15 @@ def test_stream_meta_step_and_generate():
     assert not torch.allclose(first, second)
 
 
-def test_onnxruntime_matches_torch():
+@pytest.mark.parametrize("channels", [1, 2])
+def test_exports_through_the_pipeline_and_onnxruntime_matches_torch(tmp_path, channels):
+    """export/onnx_export.py, then export/verify.py (onnxruntime through the live runtime vs torch, batch 2)."""
     torch.manual_seed(0)
-    model = Model(CONFIGS["wavegan-tiny"]).eval()
-
-    class Step(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, z):
-            return self.model.step({"z": z}, {})[0]
-
-    f = io.BytesIO()
-    torch.onnx.export(Step(), (torch.zeros(1, 100),), f, input_names=["z"], output_names=["audio"],
-                      dynamic_axes={"z": {0: "batch"}, "audio": {0: "batch"}}, dynamo=False, opset_version=17)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(f.getvalue(), opts, providers=["CPUExecutionProvider"])
-    z = model.sample_latent(3, torch.Generator().manual_seed(3))
-    (audio,) = session.run(None, {"z": z.numpy()})
-    with torch.no_grad():
-        expected, _ = model.step({"z": z}, {})
-    assert audio.shape == (3, 1, 4096)
-    assert np.abs(audio - expected.numpy()).max() <= 1e-4
+    model = Model(dataclasses.replace(CONFIGS["wavegan-tiny"], channels=channels)).eval()
+    result = export_model(model, tmp_path / "wavegan.onnx")
+    assert result.meta.input_names() == ["z"] and result.meta.output_names() == ["audio"]
+    report = verify_export(model, result.path, calls=3, batch=2)
+    assert report.passed, report.summary()
+    assert report.max_abs_diff <= 1e-4
+    runtime = load_model(result.path, device="cpu", threads=1, batch=1)
+    assert runtime.step().shape == (1, channels, 4096)
