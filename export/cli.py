@@ -19,12 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from export.onnx_export import ExportError, export_model
-    from export.verify import verify_export
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.verify_calls < 1:
         raise UserError("--verify-calls must be at least 1.")
     out = Path(args.out)
@@ -33,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: no such checkpoint or run folder.")
+    # torch only now: argument mistakes are reported in a blink
+    from export.onnx_export import ExportError, export_model
+    from export.verify import verify_export
+
     try:
         from training.checkpoint import load_model
     except ImportError as e:
