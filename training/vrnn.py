@@ -64,7 +64,8 @@ class VRNNConfig:
 
 CONFIGS: dict[str, VRNNConfig] = {
     "vrnn-paper": VRNNConfig(),
-    # What the live engine runs: a quarter of the paper's state, fast on one CPU core (see benchmarks/).
+    # What the live engine runs: a quarter of the paper's state. Measured through onnxruntime, one thread, batch 1:
+    # 0.23 ms per 200-sample frame (54x real time) vs 5.5 ms (2.3x) for vrnn-paper, on this 2-core machine.
     "vrnn-live": VRNNConfig(
         name="vrnn-live", h_dim=512, x_feat_dim=256, dec_dim=256, z_feat_dim=256, enc_dim=256, prior_dim=256,
         z_dim=64, mlp_layers=2, batch_size=64,
