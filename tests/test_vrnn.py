@@ -71,7 +71,7 @@ def test_data_stats_are_buffers_saved_with_the_checkpoint(piano):
         model.set_data_stats(0.0, 0.0)
 
 
-@pytest.mark.parametrize("config_name", ["vrnn-tiny", "vrnn-live"])
+@pytest.mark.parametrize("config_name", ["vrnn-tiny", "vrnn-live", "vrnn-paper"])
 def test_teacher_forced_steps_equal_the_training_forward_pass(piano, config_name):
     torch.manual_seed(1)
     model = Model(CONFIGS[config_name]).eval()
