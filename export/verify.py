@@ -9,10 +9,12 @@ gets exactly the arrays the runtime used. A drift in any state therefore shows u
 
 Quantised models (meta.quantization, i.e. SampleRNN) sample discrete levels by inverting a CDF with a uniform
 noise value. A float rounding difference of ~1e-7 can move a sample across a CDF boundary to the adjacent level;
-that is legitimate, but after it the two streams are different (correct) performances. The rule: a block whose
-only mismatches are adjacent-level flips counts as a flip; the runtime's state is then resynchronised from torch
-and the comparison goes on. Verification fails if any other mismatch occurs, or if flips exceed
-`max_flip_rate` of the samples compared (default 1e-3, i.e. a flip must be rare).
+that is legitimate, but after it the two streams are different (correct) performances. The rule, per stream and
+block: if the first mismatching sample is an adjacent-level flip, it counts as one flip and the rest of that block
+is excused (later samples are conditioned on the flipped one); the runtime's state is then resynchronised from
+torch and the comparison goes on. Verification fails on any other mismatch, or if flips exceed `max_flip_rate` of
+the samples compared (default 1e-3: a flip must be rare; measured on samplernn-live with random weights: 1 flip in
+12,800 samples).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ class VerifyReport:
     max_abs_diff: float  # audio, over every call (flipped samples excluded)
     max_state_diff: float  # relative to max(1, |state|)
     tolerance: float
-    flips: int  # adjacent-level flips (quantised models only)
+    flips: int  # adjacent-level flips (quantised models only), one per stream and block at most
     samples: int
     passed: bool
     failure: str = ""
@@ -64,6 +66,25 @@ def _level_index(x: np.ndarray, quantization: dict) -> np.ndarray | None:
         y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
         return np.rint((y + 1.0) / 2.0 * mu).astype(np.int64)
     return None
+
+
+def _excuse_flips(audio_rt, audio_t, bad, diff, quant) -> tuple[int, np.ndarray]:
+    """Per stream: if its first mismatching sample is an adjacent-level flip, excuse it and everything after it
+    in this block (the model is autoregressive: later samples follow the flipped one). Returns (flips, diff)."""
+    diff = diff.copy()
+    flips = 0
+    for item in range(bad.shape[0]):
+        times = np.nonzero(bad[item].any(axis=0))[0]
+        if not times.size:
+            continue
+        t0 = times[0]
+        channels = bad[item, :, t0]
+        a = _level_index(audio_rt[item, channels, t0], quant)
+        b = _level_index(audio_t[item, channels, t0], quant)
+        if a is not None and np.all(np.abs(a - b) == 1):
+            flips += 1
+            diff[item, :, t0:] = 0.0
+    return flips, diff
 
 
 def _set_random_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator) -> None:
@@ -117,11 +138,9 @@ def verify_export(
             bad = diff > tolerance
             flipped_block = False
             if bad.any() and quant:
-                a, b = _level_index(audio_rt[bad], quant), _level_index(audio_t[bad], quant)
-                if a is not None and np.all(np.abs(a - b) == 1):
-                    report.flips += int(bad.sum())
-                    flipped_block = True
-                    diff = np.where(bad, 0.0, diff)
+                flips, diff = _excuse_flips(audio_rt, audio_t, bad, diff, quant)
+                report.flips += flips
+                flipped_block = flips > 0
             block_max = float(diff.max()) if diff.size else 0.0
             report.per_call_max.append(block_max)
             report.max_abs_diff = max(report.max_abs_diff, block_max)

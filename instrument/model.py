@@ -18,6 +18,7 @@ calls; on CUDA the state never leaves the GPU.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import numpy as np
 from instrument.errors import UserError
 from instrument.meta import (
     AUDIO_OUTPUT,
+    FORMAT_VERSION,
     MAX_ARRAY_ELEMENTS,
     METADATA_KEY,
     NEXT_STATE_PREFIX,
@@ -280,14 +282,26 @@ def read_model_file(path: str | os.PathLike) -> tuple[bytes, ModelMeta]:
     _check_external_data(p, summary.external_locations)
     if METADATA_KEY not in summary.metadata:
         raise UserError(f"{name}: has no neuralinst metadata; export it with `neuralinst export`.")
-    meta = ModelMeta.from_json(summary.metadata[METADATA_KEY], source=name)
+    text = summary.metadata[METADATA_KEY]
+    if _declared_version(text) > FORMAT_VERSION:
+        ModelMeta.from_json(text, source=name)  # raises the "newer than supported, upgrade" sentence
+    # The seal before the metadata's details: a damaged file is called corrupt, not "unknown field 'kimd'".
     seal = summary.metadata.get(SEAL_KEY)
     if seal is None:
         raise UserError(f"{name}: has no integrity seal; re-export it with `neuralinst export`.")
     if seal != summary.seal_digest:
         raise UserError(f"{name}: is corrupt (its contents do not match the seal written at export).")
+    meta = ModelMeta.from_json(text, source=name)
     _check_initial_state(meta, name)
     return data, meta
+
+
+def _declared_version(text: str) -> int:
+    try:
+        version = json.loads(text).get("format_version", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return version if isinstance(version, int) else 0
 
 
 def _check_initial_state(meta: ModelMeta, name: str) -> None:
