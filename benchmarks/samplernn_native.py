@@ -1,0 +1,144 @@
+"""SampleRNN generation speed on ONE core: the native C loop vs the ONNX graph vs torch eager, same weights.
+
+    neuralinst bench native [--configs samplernn-live,samplernn-tiny] [--seconds 2] [--rounds 3] [--quick]
+    python -m benchmarks.samplernn_native ...
+
+Every executor generates one top-tier frame per call with its state fed back, batch 1, one thread, the process
+pinned to one core (os.sched_setaffinity). Rounds alternate between executors so a noisy machine slows all of them
+alike. Random seeded weights (speed does not depend on training). Figures: samples/s and x real time (> 1 is
+faster than real time), and the native loop's per-call time against the call's audio duration (its deadline).
+Written to benchmarks/results/samplernn_native.json.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import pin_to_one_core, print_table, stats_ms, write_result
+
+DEFAULT_CONFIGS = ["samplernn-live", "samplernn-tiny"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated config names")
+    p.add_argument("--seconds", type=float, default=2.0, help="audio per native round (default 2 s)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--quick", action="store_true", help="a short run")
+    p.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
+    p.add_argument("--name", default="samplernn_native", help="result file name under benchmarks/results/")
+
+
+def _time_native(net, calls: int, rng) -> tuple[float, list[float]]:
+    out = np.zeros(net.block_size, np.float32)
+    noise = rng.random((calls, net.block_size), dtype=np.float32)
+    per_call = []
+    t0 = time.perf_counter()
+    for k in range(calls):
+        t = time.perf_counter()
+        net.generate_frame(1.0, noise[k], out)
+        per_call.append(time.perf_counter() - t)
+    return time.perf_counter() - t0, per_call
+
+
+def _time_onnx(runtime, calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        runtime.step()
+    return time.perf_counter() - t0
+
+
+def _time_torch(model, calls: int, generator) -> float:
+    import torch
+
+    state = model.initial_state(1)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            _, state = model.step(model.default_controls(1, generator), state)
+        return time.perf_counter() - t0
+
+
+def measure_config(name: str, seconds: float, rounds: int, workdir: Path) -> dict:
+    import torch
+
+    from export.native_weights import write_native_weights
+    from export.onnx_export import export_model
+    from instrument.model import load_model
+    from instrument.native.samplernn import NativeSampleRNN
+    from training.configs import build_model, get_config
+
+    torch.manual_seed(0)
+    model = build_model(get_config(name)).eval()
+    export_model(model, workdir / f"{name}.onnx")
+    write_native_weights(model, workdir / f"{name}.npz")
+    runtime = load_model(workdir / f"{name}.onnx", device="cpu", threads=1, batch=1)
+    runtime.reset(0)
+    net = NativeSampleRNN(workdir / f"{name}.npz")
+    block, sr = net.block_size, net.sample_rate
+    native_calls = max(4, int(seconds * sr / block))
+    # the slower executors get less audio per round so a round stays a few seconds; rates are per sample anyway
+    onnx_calls = max(3, native_calls // 8)
+    torch_calls = max(2, native_calls // 40)
+    rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    _time_native(net, 2, rng), _time_onnx(runtime, 1), _time_torch(model, 1, g)  # warm-up
+    native, onnx_, torch_, per_call = [], [], [], []
+    for _ in range(rounds):
+        total, pc = _time_native(net, native_calls, rng)
+        native.append(native_calls * block / total)
+        per_call += pc
+        onnx_.append(onnx_calls * block / _time_onnx(runtime, onnx_calls))
+        torch_.append(torch_calls * block / _time_torch(model, torch_calls, g))
+    deadline = block / sr
+    row = {
+        "config": name, "sample_rate": sr, "block_size": block,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "dim": model.config.dim, "n_rnn": model.config.n_rnn, "frame_sizes": list(model.config.frame_sizes),
+        "native_samples_per_s": float(np.median(native)), "onnx_samples_per_s": float(np.median(onnx_)),
+        "torch_samples_per_s": float(np.median(torch_)),
+        "native_rtf": float(np.median(native)) / sr, "onnx_rtf": float(np.median(onnx_)) / sr,
+        "torch_rtf": float(np.median(torch_)) / sr,
+        "native_rounds_samples_per_s": native, "rounds": rounds,
+        "native_call_ms": stats_ms(per_call), "call_deadline_ms": deadline * 1e3,
+        "native_calls_over_deadline": float(np.mean(np.asarray(per_call) > deadline)),
+    }
+    row["native_over_onnx"] = row["native_samples_per_s"] / row["onnx_samples_per_s"]
+    return row
+
+
+def run(args) -> int:
+    import torch
+
+    core = pin_to_one_core(args.core)
+    torch.set_num_threads(1)
+    rounds, seconds = (2, 0.5) if args.quick else (args.rounds, args.seconds)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in [c for c in args.configs.split(",") if c]:
+            print(f"measuring {name} ...", flush=True)
+            rows.append(measure_config(name, seconds, rounds, Path(tmp)))
+    print(f"\nSampleRNN generation, batch 1, one thread on core {core} (x real time; > 1 is faster than real time)")
+    print_table(
+        ["config", "params", "native smp/s", "native xRT", "onnx smp/s", "onnx xRT", "torch smp/s", "torch xRT",
+         "native/onnx", "call p50 ms", "call p99 ms", "deadline ms"],
+        [[r["config"], f"{r['parameters'] / 1e6:.2f}M", f"{r['native_samples_per_s']:.0f}", r["native_rtf"],
+          f"{r['onnx_samples_per_s']:.0f}", r["onnx_rtf"], f"{r['torch_samples_per_s']:.0f}", r["torch_rtf"],
+          r["native_over_onnx"], r["native_call_ms"]["p50"], r["native_call_ms"]["p99"], r["call_deadline_ms"]]
+         for r in rows],
+    )
+    path = write_result(args.name, {"core": core, "rows": rows})
+    print(f"\nwritten: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

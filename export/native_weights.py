@@ -1,0 +1,107 @@
+"""Write a SampleRNN's weights for the native sample loop (instrument/native): an .npz of float32/int32 arrays.
+
+    python -m export.native_weights CHECKPOINT --out model.srnn.npz
+
+No pickle (the runtime loads it with `np.load(..., allow_pickle=False)`). Everything is stored in the layout the
+C loop reads, already resolved: weight normalisation applied, the sample-level input conv folded with the embedding
+into lookup tables [frame_size, q, dim], the transposed-conv upsampling as [frame_size, dim_out, dim_in] matrices,
+and the level -> audio and level -> frame-tier-input maps as [q] tables computed by the torch model itself (so the
+native audio is bit-identical to torch's for the same levels). `meta_json` holds the model's ModelMeta (the same
+description the ONNX file carries), as UTF-8 bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instrument.errors import UserError
+
+FORMAT_VERSION = 1
+MAX_TIERS, MAX_LAYERS, MAX_HIDDEN = 8, 8, 8  # instrument/native/samplernn.c
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
+
+
+@torch.no_grad()
+def native_arrays(model, meta_json: str) -> dict[str, np.ndarray]:
+    """The arrays the C loop needs, by name (see instrument/native/samplernn.py for the reader)."""
+    from training.samplernn import _frame_input
+
+    c = model.config
+    if len(model.tiers) > MAX_TIERS or c.n_rnn > MAX_LAYERS or c.mlp_hidden_layers > MAX_HIDDEN:
+        raise UserError(f"{c.name}: the native loop handles at most {MAX_TIERS} tiers, {MAX_LAYERS} RNN layers "
+                        f"and {MAX_HIDDEN} hidden MLP layers.")
+    model = model.eval()
+    levels = torch.arange(c.q_levels)
+    out: dict[str, np.ndarray] = {
+        "format_version": np.array([FORMAT_VERSION], np.int32),
+        "meta_json": np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8).copy(),
+        "header": np.array([len(model.tiers), c.n_rnn, c.dim, c.q_levels, c.mlp_hidden_layers,
+                            int(c.rnn == "lstm"), int(c.skip_connections)], np.int32),
+        "frame_sizes": np.array([t.frame_size for t in model.tiers], np.int32),
+        "n_frame_samples": np.array([t.n_frame_samples for t in model.tiers], np.int32),
+        "dequant": _f32(model.dequantize(levels)),
+        "frame_in": _f32(_frame_input(levels, c.q_levels)),
+    }
+    for i, tier in enumerate(model.tiers):
+        p = f"tier{i}."
+        out[p + "expand_w"] = _f32(tier.expand.weight)  # [dim, nfs]
+        out[p + "expand_b"] = _f32(tier.expand.bias)
+        for l, rnn in enumerate(tier.rnns):
+            out[p + f"w_ih{l}"] = _f32(rnn.weight_ih_l0)
+            out[p + f"b_ih{l}"] = _f32(rnn.bias_ih_l0)
+            out[p + f"w_hh{l}"] = _f32(rnn.weight_hh_l0)
+            out[p + f"b_hh{l}"] = _f32(rnn.bias_hh_l0)
+        if tier.skips:
+            for l, skip in enumerate(tier.skips):
+                out[p + f"skip_w{l}"] = _f32(skip.weight)
+            out[p + "skip_b"] = _f32(tier.skips[0].bias)
+        out[p + "up_w"] = _f32(tier.upsample.weight.permute(2, 1, 0))  # [in, out, k] -> [k, out, in]
+        out[p + "up_b"] = _f32(tier.upsample_bias.t())  # [dim, k] -> [k, dim]
+    out["mlp.tables"] = _f32(model.mlp.input_tables())
+    for l, lin in enumerate(model.mlp.hidden):
+        out[f"mlp.hid_w{l}"] = _f32(lin.weight)
+        out[f"mlp.hid_b{l}"] = _f32(lin.bias)
+    out["mlp.out_w"] = _f32(model.mlp.output.weight)
+    out["mlp.out_b"] = _f32(model.mlp.output.bias)
+    return out
+
+
+def write_native_weights(model, path: str | Path, info: dict | None = None) -> Path:
+    """Write `model`'s native weights file; returns its path."""
+    from export.onnx_export import prepare_meta
+
+    if getattr(model, "kind", "") != "samplernn":
+        raise UserError(f"native weights exist for SampleRNN only, not {getattr(model, 'kind', '?')!r}.")
+    meta = prepare_meta(model, info)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to other names
+        np.savez(f, **native_arrays(model, meta.to_json()))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a SampleRNN checkpoint's weights for the native loop.")
+    parser.add_argument("checkpoint", help="a training run folder or one of its checkpoint folders")
+    parser.add_argument("--out", required=True, help="the .npz file to write")
+    args = parser.parse_args(argv)
+    try:
+        from training.checkpoint import load_model
+
+        model, info = load_model(Path(args.checkpoint))
+        print(write_native_weights(model, args.out, info))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

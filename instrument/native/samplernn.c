@@ -1,0 +1,204 @@
+/* SampleRNN's generation loop in C: one top-tier frame (every tier, every sample, sampling included) per call.
+ *
+ * The same arithmetic as training/samplernn.py `Model.step`, arranged for one CPU core (WaveRNN/LPCNet style):
+ *   - the sample-level input conv over embeddings is a table lookup: tables[k][level] = conv tap k (embedding),
+ *     so the first MLP layer costs frame_size row additions instead of a (frame_size x embedding) product;
+ *   - every other layer is a matrix-vector product over row-major float32 weights that stay in cache;
+ *   - sampling is inverse-CDF on exp(logits / T - max) with the caller's uniform number, as in the torch graph.
+ * No allocation, no locking, no I/O: the caller owns every buffer (weights, state, workspace).
+ * Compiled by instrument/native/build.py; loaded with ctypes by instrument/native/samplernn.py.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#define SRNN_MAX_TIERS 8
+#define SRNN_MAX_LAYERS 8
+#define SRNN_MAX_HIDDEN 8
+#define SRNN_ABI_VERSION 1
+
+typedef struct {
+    int n_tiers, n_rnn, dim, q, n_hidden, lstm, skip;
+    int frame_size[SRNN_MAX_TIERS];      /* bottom-up, as in the config */
+    int n_frame_samples[SRNN_MAX_TIERS]; /* samples each tier reads per frame */
+    const float *expand_w[SRNN_MAX_TIERS], *expand_b[SRNN_MAX_TIERS];        /* [dim][nfs], [dim] */
+    const float *w_ih[SRNN_MAX_TIERS][SRNN_MAX_LAYERS];                      /* [gates*dim][dim] */
+    const float *b_ih[SRNN_MAX_TIERS][SRNN_MAX_LAYERS];                      /* [gates*dim] */
+    const float *w_hh[SRNN_MAX_TIERS][SRNN_MAX_LAYERS];
+    const float *b_hh[SRNN_MAX_TIERS][SRNN_MAX_LAYERS];
+    const float *skip_w[SRNN_MAX_TIERS][SRNN_MAX_LAYERS];                    /* [dim][dim] (skip only) */
+    const float *skip_b[SRNN_MAX_TIERS];                                     /* [dim] (skip only) */
+    const float *up_w[SRNN_MAX_TIERS], *up_b[SRNN_MAX_TIERS];                /* [fs][dim][dim], [fs][dim] */
+    const float *tables;                                                     /* [fs0][q][dim] */
+    const float *hid_w[SRNN_MAX_HIDDEN], *hid_b[SRNN_MAX_HIDDEN];            /* [dim][dim], [dim] */
+    const float *out_w, *out_b;                                              /* [q][dim], [q] */
+    const float *dequant;                                                    /* [q]: level -> audio */
+    const float *frame_in;                                                   /* [q]: level -> frame-tier input */
+} srnn_model;
+
+int srnn_abi_version(void) { return SRNN_ABI_VERSION; }
+
+/* Floats of workspace one srnn_frame call needs. */
+size_t srnn_workspace_floats(const srnn_model *m) {
+    size_t d = (size_t)m->dim, up = 0;
+    for (int i = 0; i < m->n_tiers; i++) up += (size_t)m->frame_size[i] * d;
+    int top = m->n_frame_samples[m->n_tiers - 1];
+    return up + 4 * d /* x, y, acc, tmp */ + 8 * d /* gi, gh */ + 2 * d + (size_t)m->q + 2 * (size_t)top + 64;
+}
+
+static inline void matvec(const float *restrict w, const float *restrict x, const float *restrict b,
+                          float *restrict y, int rows, int cols) {
+    /* Four rows at a time so each load of x feeds four FMAs chains; -ffast-math lets the compiler vectorise. */
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *w0 = w + (size_t)r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        for (int c = 0; c < cols; c++) {
+            float xc = x[c];
+            s0 += w0[c] * xc; s1 += w1[c] * xc; s2 += w2[c] * xc; s3 += w3[c] * xc;
+        }
+        y[r] = s0 + (b ? b[r] : 0.f); y[r + 1] = s1 + (b ? b[r + 1] : 0.f);
+        y[r + 2] = s2 + (b ? b[r + 2] : 0.f); y[r + 3] = s3 + (b ? b[r + 3] : 0.f);
+    }
+    for (; r < rows; r++) {
+        const float *wr = w + (size_t)r * cols;
+        float s = 0.f;
+        for (int c = 0; c < cols; c++) s += wr[c] * x[c];
+        y[r] = s + (b ? b[r] : 0.f);
+    }
+}
+
+static inline float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
+
+typedef struct {
+    const srnn_model *m;
+    float *h, *c;           /* state: [n_tiers][n_rnn][dim] each (c only for LSTM) */
+    int *hist;              /* levels, oldest first: [L + top] */
+    int n;                  /* samples in hist */
+    const float *noise;     /* [top] */
+    const int *forced;      /* [top] or NULL: teacher forcing */
+    float inv_t;
+    float *up[SRNN_MAX_TIERS];
+    float *x, *y, *acc, *tmp, *gi, *gh, *a, *b, *logits;
+    float *logits_out;      /* [top][q] or NULL */
+    int t;                  /* samples produced this call */
+    int *levels_out;
+} run_ctx;
+
+static void sample_level(run_ctx *r, const float *cond) {
+    const srnn_model *m = r->m;
+    const int d = m->dim, q = m->q, fs0 = m->frame_size[0];
+    float *a = r->a, *b = r->b;
+    memcpy(a, cond, sizeof(float) * d);
+    const int *prev = r->hist + r->n - fs0;
+    for (int k = 0; k < fs0; k++) {
+        const float *row = m->tables + ((size_t)k * q + prev[k]) * d;
+        for (int j = 0; j < d; j++) a[j] += row[j];
+    }
+    for (int j = 0; j < d; j++) a[j] = a[j] > 0.f ? a[j] : 0.f;
+    for (int l = 0; l < m->n_hidden; l++) {
+        matvec(m->hid_w[l], a, m->hid_b[l], b, d, d);
+        for (int j = 0; j < d; j++) a[j] = b[j] > 0.f ? b[j] : 0.f;
+    }
+    float *lg = r->logits;
+    matvec(m->out_w, a, m->out_b, lg, q, d);
+    if (r->logits_out) memcpy(r->logits_out + (size_t)r->t * q, lg, sizeof(float) * q);
+    int level;
+    if (r->forced) {
+        level = r->forced[r->t];
+    } else {
+        float mx = -INFINITY;
+        for (int k = 0; k < q; k++) { lg[k] *= r->inv_t; mx = lg[k] > mx ? lg[k] : mx; }
+        float total = 0.f;
+        for (int k = 0; k < q; k++) { total += expf(lg[k] - mx); lg[k] = total; } /* unnormalised CDF */
+        float thr = r->noise[r->t] * total;
+        level = 0;
+        while (level < q - 1 && lg[level] < thr) level++;
+    }
+    r->levels_out[r->t] = level;
+    r->hist[r->n++] = level;
+    r->t++;
+}
+
+static void run_tier(run_ctx *r, int i, const float *cond) {
+    const srnn_model *m = r->m;
+    const int d = m->dim, nfs = m->n_frame_samples[i], fs = m->frame_size[i];
+    const int gates = m->lstm ? 4 : 3;
+    float *x = r->x, *gi = r->gi, *gh = r->gh, *acc = r->acc;
+    /* input expansion of the last nfs samples (+ conditioning from above) */
+    const int *prev = r->hist + r->n - nfs;
+    for (int j = 0; j < d; j++) {
+        const float *w = m->expand_w[i] + (size_t)j * nfs;
+        float s = 0.f;
+        for (int k = 0; k < nfs; k++) s += w[k] * m->frame_in[prev[k]];
+        x[j] = s + m->expand_b[i][j] + (cond ? cond[j] : 0.f);
+    }
+    if (m->skip) memcpy(acc, m->skip_b[i], sizeof(float) * d);
+    for (int l = 0; l < m->n_rnn; l++) {
+        float *h = r->h + ((size_t)i * m->n_rnn + l) * d;
+        matvec(m->w_ih[i][l], x, m->b_ih[i][l], gi, gates * d, d);
+        matvec(m->w_hh[i][l], h, m->b_hh[i][l], gh, gates * d, d);
+        if (m->lstm) {
+            float *c = r->c + ((size_t)i * m->n_rnn + l) * d;
+            for (int j = 0; j < d; j++) {
+                float ig = sigmoidf(gi[j] + gh[j]), fg = sigmoidf(gi[d + j] + gh[d + j]);
+                float gg = tanhf(gi[2 * d + j] + gh[2 * d + j]), og = sigmoidf(gi[3 * d + j] + gh[3 * d + j]);
+                c[j] = fg * c[j] + ig * gg;
+                h[j] = og * tanhf(c[j]);
+            }
+        } else {
+            for (int j = 0; j < d; j++) {
+                float rg = sigmoidf(gi[j] + gh[j]), zg = sigmoidf(gi[d + j] + gh[d + j]);
+                float ng = tanhf(gi[2 * d + j] + rg * gh[2 * d + j]);
+                h[j] = (1.f - zg) * ng + zg * h[j];
+            }
+        }
+        if (m->skip) {
+            matvec(m->skip_w[i][l], h, NULL, r->y, d, d);
+            for (int j = 0; j < d; j++) acc[j] += r->y[j];
+        }
+        memcpy(x, h, sizeof(float) * d);
+    }
+    const float *out = m->skip ? acc : x;
+    float *up = r->up[i];
+    for (int k = 0; k < fs; k++) matvec(m->up_w[i] + (size_t)k * d * d, out, m->up_b[i] + (size_t)k * d, up + (size_t)k * d, d, d);
+    for (int k = 0; k < fs; k++) {
+        if (i > 0) run_tier(r, i - 1, up + (size_t)k * d);
+        else sample_level(r, up + (size_t)k * d);
+    }
+}
+
+/* One top-tier frame for one stream.
+ *   h, c      RNN state [n_tiers][n_rnn][dim] (c: LSTM only, else NULL), updated in place
+ *   samples   the last L = top-frame levels (float, as in the ONNX state), updated in place
+ *   noise     [top] uniform numbers; temperature > 0
+ *   forced    NULL to sample, or [top] levels to teacher-force (then logits_out [top][q] receives the logits)
+ *   audio     [top] output (dequantised), levels [top] output
+ *   work      srnn_workspace_floats(m) floats
+ * Returns 0, or -1 if the model description is unusable. */
+int srnn_frame(const srnn_model *m, float *h, float *c, float *samples, const float *noise, float temperature,
+               const int *forced, float *logits_out, float *audio, int *levels, float *work) {
+    if (m->n_tiers < 1 || m->n_tiers > SRNN_MAX_TIERS || m->n_rnn < 1 || m->n_rnn > SRNN_MAX_LAYERS ||
+        m->n_hidden < 0 || m->n_hidden > SRNN_MAX_HIDDEN || m->dim < 1 || m->q < 2)
+        return -1;
+    const int d = m->dim, top = m->n_frame_samples[m->n_tiers - 1];
+    run_ctx r;
+    memset(&r, 0, sizeof r);
+    r.m = m; r.h = h; r.c = c; r.noise = noise; r.forced = forced; r.logits_out = logits_out;
+    r.levels_out = levels;
+    r.inv_t = 1.f / (temperature > 1e-3f ? temperature : 1e-3f);
+    float *p = work;
+    for (int i = 0; i < m->n_tiers; i++) { r.up[i] = p; p += (size_t)m->frame_size[i] * d; }
+    r.x = p; p += d; r.y = p; p += d; r.acc = p; p += d; r.tmp = p; p += d;
+    r.gi = p; p += 4 * d; r.gh = p; p += 4 * d; r.a = p; p += d; r.b = p; p += d;
+    r.logits = p; p += m->q;
+    r.hist = (int *)p; /* 2 * top ints fit in 2 * top floats */
+    for (int k = 0; k < top; k++) r.hist[k] = (int)samples[k];
+    r.n = top;
+    run_tier(&r, m->n_tiers - 1, NULL);
+    for (int k = 0; k < top; k++) {
+        samples[k] = (float)r.hist[top + k];
+        audio[k] = m->dequant[levels[k]];
+    }
+    return 0;
+}

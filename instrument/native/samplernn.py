@@ -1,0 +1,245 @@
+"""NativeSampleRNN: the C sample loop (samplernn.c) behind the streaming contract, for the runtime.
+
+    net = NativeSampleRNN("model.srnn.npz")            # written by export/native_weights.py
+    state = net.initial_state(batch)                   # same names and shapes as the ONNX graph's state
+    audio, state = net.step({"temperature": t, "noise": u}, state)   # audio [B, 1, block]
+
+or, for one stream with the state kept inside (no allocation per call):
+
+    net.reset(state=None)                              # learned h0 and silence, or a given state (batch 1)
+    net.generate_frame(temperature, noise, out)        # out: float32 [block], noise: float32 [block]
+
+numpy and ctypes only (no torch). The library is built by instrument/native/build.py (./dev setup runs it);
+if it is missing, the constructor builds it or raises UserError.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from instrument.errors import UserError
+from instrument.meta import ModelMeta
+
+MAX_TIERS, MAX_LAYERS, MAX_HIDDEN = 8, 8, 8
+ABI_VERSION = 1
+FORMAT_VERSION = 1
+
+_FP = ctypes.POINTER(ctypes.c_float)
+_IP = ctypes.POINTER(ctypes.c_int)
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("n_tiers", ctypes.c_int), ("n_rnn", ctypes.c_int), ("dim", ctypes.c_int), ("q", ctypes.c_int),
+        ("n_hidden", ctypes.c_int), ("lstm", ctypes.c_int), ("skip", ctypes.c_int),
+        ("frame_size", ctypes.c_int * MAX_TIERS), ("n_frame_samples", ctypes.c_int * MAX_TIERS),
+        ("expand_w", _FP * MAX_TIERS), ("expand_b", _FP * MAX_TIERS),
+        ("w_ih", (_FP * MAX_LAYERS) * MAX_TIERS), ("b_ih", (_FP * MAX_LAYERS) * MAX_TIERS),
+        ("w_hh", (_FP * MAX_LAYERS) * MAX_TIERS), ("b_hh", (_FP * MAX_LAYERS) * MAX_TIERS),
+        ("skip_w", (_FP * MAX_LAYERS) * MAX_TIERS), ("skip_b", _FP * MAX_TIERS),
+        ("up_w", _FP * MAX_TIERS), ("up_b", _FP * MAX_TIERS),
+        ("tables", _FP),
+        ("hid_w", _FP * MAX_HIDDEN), ("hid_b", _FP * MAX_HIDDEN),
+        ("out_w", _FP), ("out_b", _FP), ("dequant", _FP), ("frame_in", _FP),
+    ]
+
+
+_LIB: ctypes.CDLL | None = None
+
+
+def load_library() -> ctypes.CDLL:
+    """The compiled loop (built on first use if the source is newer or the library is missing)."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    from instrument.native import build
+
+    try:
+        path = build.build(quiet=True)
+    except RuntimeError as e:
+        raise UserError(f"the native SampleRNN loop could not be built: {e}.") from None
+    lib = ctypes.CDLL(str(path))
+    lib.srnn_abi_version.restype = ctypes.c_int
+    if lib.srnn_abi_version() != ABI_VERSION:
+        raise UserError(f"{path} is stale (ABI {lib.srnn_abi_version()}, expected {ABI_VERSION}); rebuild it.")
+    lib.srnn_workspace_floats.argtypes = [ctypes.POINTER(_Model)]
+    lib.srnn_workspace_floats.restype = ctypes.c_size_t
+    lib.srnn_frame.argtypes = [ctypes.POINTER(_Model), _FP, _FP, _FP, _FP, ctypes.c_float, _IP, _FP, _FP, _IP, _FP]
+    lib.srnn_frame.restype = ctypes.c_int
+    _LIB = lib
+    return lib
+
+
+def _ptr(a: np.ndarray | None, kind=_FP):
+    return None if a is None else a.ctypes.data_as(kind)
+
+
+class NativeSampleRNN:
+    """A SampleRNN weights file driven by the C loop, with the ONNX graph's initial_state/step semantics."""
+
+    def __init__(self, weights_path: str | Path):
+        path = Path(weights_path)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such native weights file.") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a native SampleRNN weights file ({e}).") from None
+        if "format_version" not in arrays or int(arrays["format_version"][0]) != FORMAT_VERSION:
+            raise UserError(f"{path}: unknown native weights format; re-export it with export/native_weights.py.")
+        self.path = path
+        self.meta = ModelMeta.from_json(bytes(arrays["meta_json"]).decode("utf-8"), str(path))
+        self._lib = load_library()
+        self._keep: list[np.ndarray] = []  # the struct points into these arrays: keep them alive
+        self._m = self._describe(arrays, path)
+        self.block_size = int(self._m.n_frame_samples[self._m.n_tiers - 1])
+        self.sample_rate = self.meta.sample_rate
+        if self.block_size != self.meta.block_size:
+            raise UserError(f"{path}: its tiers give {self.block_size}-sample frames, its metadata says "
+                            f"{self.meta.block_size}.")
+        m = self._m
+        n_state = m.n_tiers * m.n_rnn * m.dim
+        # two sets of state buffers: the hot path's own stream, and scratch for the dict-in/dict-out `step`
+        self._streams = []
+        for _ in range(2):
+            h = np.zeros(n_state, np.float32)
+            c = np.zeros(n_state, np.float32) if m.lstm else None
+            samples = np.zeros(self.block_size, np.float32)
+            self._streams.append((h, c, samples, (ctypes.byref(m), _ptr(h), _ptr(c), _ptr(samples))))
+        self._levels = np.zeros(self.block_size, np.int32)
+        self._work = np.zeros(self._lib.srnn_workspace_floats(ctypes.byref(m)), np.float32)
+        self.reset()
+
+    # --- loading --------------------------------------------------------------------------------------------
+    def _array(self, arrays, name, shape, path) -> np.ndarray:
+        if name not in arrays:
+            raise UserError(f"{path}: the native weights lack {name!r}.")
+        a = np.ascontiguousarray(arrays[name], dtype=np.float32)
+        if list(a.shape) != list(shape):
+            raise UserError(f"{path}: {name!r} has shape {list(a.shape)}, expected {list(shape)}.")
+        self._keep.append(a)
+        return a
+
+    def _describe(self, arrays, path) -> _Model:
+        try:
+            n_tiers, n_rnn, dim, q, n_hidden, lstm, skip = (int(v) for v in arrays["header"])
+            frame_sizes = [int(v) for v in arrays["frame_sizes"]]
+            nfs = [int(v) for v in arrays["n_frame_samples"]]
+        except (KeyError, ValueError):
+            raise UserError(f"{path}: the native weights header is missing or malformed.") from None
+        if not (1 <= n_tiers <= MAX_TIERS and 1 <= n_rnn <= MAX_LAYERS and 0 <= n_hidden <= MAX_HIDDEN
+                and 1 <= dim <= 8192 and 2 <= q <= 65536 and len(frame_sizes) == n_tiers == len(nfs)):
+            raise UserError(f"{path}: the native weights header describes an unsupported model.")
+        if any(n != int(np.prod(frame_sizes[: i + 1])) for i, n in enumerate(nfs)):
+            raise UserError(f"{path}: frame sizes and frame lengths disagree.")
+        m = _Model(n_tiers=n_tiers, n_rnn=n_rnn, dim=dim, q=q, n_hidden=n_hidden, lstm=lstm, skip=skip)
+        gates = 4 if lstm else 3
+        for i in range(n_tiers):
+            m.frame_size[i], m.n_frame_samples[i] = frame_sizes[i], nfs[i]
+            p = f"tier{i}."
+            m.expand_w[i] = _ptr(self._array(arrays, p + "expand_w", (dim, nfs[i]), path))
+            m.expand_b[i] = _ptr(self._array(arrays, p + "expand_b", (dim,), path))
+            for l in range(n_rnn):
+                m.w_ih[i][l] = _ptr(self._array(arrays, p + f"w_ih{l}", (gates * dim, dim), path))
+                m.b_ih[i][l] = _ptr(self._array(arrays, p + f"b_ih{l}", (gates * dim,), path))
+                m.w_hh[i][l] = _ptr(self._array(arrays, p + f"w_hh{l}", (gates * dim, dim), path))
+                m.b_hh[i][l] = _ptr(self._array(arrays, p + f"b_hh{l}", (gates * dim,), path))
+                if skip:
+                    m.skip_w[i][l] = _ptr(self._array(arrays, p + f"skip_w{l}", (dim, dim), path))
+            if skip:
+                m.skip_b[i] = _ptr(self._array(arrays, p + "skip_b", (dim,), path))
+            m.up_w[i] = _ptr(self._array(arrays, p + "up_w", (frame_sizes[i], dim, dim), path))
+            m.up_b[i] = _ptr(self._array(arrays, p + "up_b", (frame_sizes[i], dim), path))
+        m.tables = _ptr(self._array(arrays, "mlp.tables", (frame_sizes[0], q, dim), path))
+        for l in range(n_hidden):
+            m.hid_w[l] = _ptr(self._array(arrays, f"mlp.hid_w{l}", (dim, dim), path))
+            m.hid_b[l] = _ptr(self._array(arrays, f"mlp.hid_b{l}", (dim,), path))
+        m.out_w = _ptr(self._array(arrays, "mlp.out_w", (q, dim), path))
+        m.out_b = _ptr(self._array(arrays, "mlp.out_b", (q,), path))
+        m.dequant = _ptr(self._array(arrays, "dequant", (q,), path))
+        m.frame_in = _ptr(self._array(arrays, "frame_in", (q,), path))
+        return m
+
+    # --- the streaming contract (state dicts in and out, like the ONNX graph) ------------------------------
+    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
+        init = self.meta.extra.get("initial_state", {})
+        out = {}
+        for spec in self.meta.state:
+            one = np.asarray(init[spec.name], np.float32).reshape(spec.shape) if spec.name in init \
+                else np.zeros(spec.shape, np.float32)
+            out[spec.name] = np.repeat(one[None], batch, axis=0)
+        return out
+
+    HOT, SCRATCH = 0, 1
+
+    def _load(self, state, b, stream):
+        h, c, samples, _ = self._streams[stream]
+        m, n = self._m, self._m.n_rnn * self._m.dim
+        for i in range(m.n_tiers):
+            h[i * n:(i + 1) * n] = state[f"tier{i}.h"][b].reshape(-1)
+            if m.lstm:
+                c[i * n:(i + 1) * n] = state[f"tier{i}.c"][b].reshape(-1)
+        samples[:] = state["samples"][b]
+
+    def _store(self, state, b, stream):
+        h, c, samples, _ = self._streams[stream]
+        m, n = self._m, self._m.n_rnn * self._m.dim
+        for i in range(m.n_tiers):
+            state[f"tier{i}.h"][b] = h[i * n:(i + 1) * n].reshape(m.n_rnn, m.dim)
+            if m.lstm:
+                state[f"tier{i}.c"][b] = c[i * n:(i + 1) * n].reshape(m.n_rnn, m.dim)
+        state["samples"][b] = samples
+
+    def _call(self, stream, temperature, noise, forced, logits, audio) -> None:
+        rc = self._lib.srnn_frame(*self._streams[stream][3], _ptr(noise), float(temperature), _ptr(forced, _IP),
+                                  _ptr(logits), _ptr(audio), _ptr(self._levels, _IP), _ptr(self._work))
+        if rc != 0:
+            raise UserError(f"{self.path}: the native loop refused the model description.")
+
+    def step(self, controls: dict[str, np.ndarray], state: dict[str, np.ndarray]):
+        """audio [B, 1, block], next state: one top-tier frame per stream (the input state is not modified)."""
+        noise = np.ascontiguousarray(controls["noise"], np.float32)
+        batch = noise.shape[0]
+        temperature = np.broadcast_to(np.asarray(controls.get("temperature", 1.0), np.float32), (batch,))
+        new = {k: np.array(v, np.float32, copy=True) for k, v in state.items()}
+        audio = np.zeros((batch, 1, self.block_size), np.float32)
+        for b in range(batch):
+            self._load(new, b, self.SCRATCH)
+            self._call(self.SCRATCH, temperature[b], noise[b], None, None, audio[b, 0])
+            self._store(new, b, self.SCRATCH)
+        return audio, new
+
+    def step_teacher_forced(self, levels: np.ndarray, state: dict[str, np.ndarray]):
+        """Feed given levels [B, block] instead of sampling: logits [B, block, q] and the next state."""
+        levels = np.ascontiguousarray(levels, np.int32)
+        batch, q = levels.shape[0], self._m.q
+        new = {k: np.array(v, np.float32, copy=True) for k, v in state.items()}
+        logits = np.zeros((batch, self.block_size, q), np.float32)
+        audio = np.zeros(self.block_size, np.float32)
+        noise = np.zeros(self.block_size, np.float32)
+        for b in range(batch):
+            self._load(new, b, self.SCRATCH)
+            self._call(self.SCRATCH, 1.0, noise, levels[b], logits[b], audio)
+            self._store(new, b, self.SCRATCH)
+        return logits, new
+
+    # --- one stream, state kept inside (the runtime's hot path) ---------------------------------------------
+    def reset(self, state: dict[str, np.ndarray] | None = None) -> None:
+        self._load(state if state is not None else self.initial_state(1), 0, self.HOT)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        out = self.initial_state(1)
+        self._store(out, 0, self.HOT)
+        return out
+
+    def generate_frame(self, temperature: float, noise: np.ndarray, out: np.ndarray) -> None:
+        """Write one frame of audio into `out` (float32 [block], C-contiguous); noise: float32 [block] in [0, 1)."""
+        self._call(self.HOT, temperature, noise, None, None, out)
+
+    @property
+    def last_levels(self) -> np.ndarray:
+        """The quantisation levels of the last generated frame (int32 [block])."""
+        return self._levels

@@ -1,0 +1,170 @@
+"""The native SampleRNN loop (instrument/native) against the torch model: same logits when teacher-forced, same
+samples when sampling with the same noise, over hundreds of chained calls.
+
+The flip rule: inverse-CDF sampling picks level k when cdf[k-1] <= u * total < cdf[k]. The C loop and torch sum in
+different orders (float32 rounding ~1e-6), so when u lies within 1e-4 of a CDF boundary the two may pick the two
+adjacent levels. Such a flip is allowed (then the native state is resynchronised from torch and the comparison goes
+on); any other difference fails, and so do more than 2 flips in a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from export.native_weights import write_native_weights
+from instrument.errors import UserError
+from instrument.native import build
+from instrument.native.samplernn import NativeSampleRNN
+from training.samplernn import CONFIGS, Model
+
+torch.set_num_threads(1)
+LSTM_SKIP = dict(frame_sizes=(8,), rnn="lstm", skip_connections=True, mlp_hidden_layers=2, learn_h0=False,
+                 quantization="linear")
+BOUNDARY = 1e-4
+
+
+def make(name: str, **overrides) -> Model:
+    torch.manual_seed(0)
+    m = Model(dataclasses.replace(CONFIGS[name], **overrides)).eval()
+    with torch.no_grad():  # a non-trivial initial state, so the test sees it carried over
+        for t in m.tiers:
+            t.h0.add_(0.1 * torch.randn_like(t.h0))
+    return m
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("native")
+
+
+def native_for(model: Model, workdir, tag: str) -> NativeSampleRNN:
+    return NativeSampleRNN(write_native_weights(model, workdir / f"{tag}.npz"))
+
+
+def test_build_is_idempotent_and_the_library_loads():
+    path = build.build(quiet=True)
+    mtime = path.stat().st_mtime
+    assert build.build(quiet=True) == path and path.stat().st_mtime == mtime  # up to date: not rebuilt
+    assert not build.needs_build()
+
+
+@pytest.mark.parametrize("name,overrides,calls", [
+    ("samplernn-tiny", {}, 40), ("samplernn-tiny", LSTM_SKIP, 40), ("samplernn-live", {}, 6)])
+def test_teacher_forced_logits_equal_torch(name, overrides, calls, workdir, fixtures_dir):
+    import soundfile as sf
+
+    m = make(name, **overrides)
+    net = native_for(m, workdir, f"tf-{name}-{len(overrides)}")
+    x, _ = sf.read(fixtures_dir / "piano.flac", dtype="float32")
+    F = m.block_size
+    x = torch.from_numpy(x[16000:16000 + 2 * calls * F].reshape(2, 1, calls * F).copy())
+    st_t, st_n = m.initial_state(2), net.initial_state(2)
+    for k in st_t:
+        assert np.array_equal(st_n[k], st_t[k].numpy())
+    gap = 0.0
+    with torch.no_grad():
+        for k in range(calls):
+            block = x[..., k * F:(k + 1) * F]
+            lt, st_t = m.step_teacher_forced(block, st_t)
+            ln, st_n = net.step_teacher_forced(m.quantize(block[:, 0]).numpy(), st_n)
+            gap = max(gap, float(np.abs(ln - lt.numpy()).max()))
+    assert gap <= 1e-4
+    for k in st_t:
+        assert np.abs(st_n[k] - st_t[k].numpy()).max() <= 1e-5, k
+
+
+def compare_sampling(m: Model, net: NativeSampleRNN, calls: int, seed: int = 1) -> tuple[int, int]:
+    """Chained sampled calls at temperatures 0.3 / 1.0 / 1.7 in turn; returns (flips, samples compared)."""
+    g = torch.Generator().manual_seed(seed)
+    st_t, st_n = m.initial_state(1), net.initial_state(1)
+    flips = samples = 0
+    with torch.no_grad():
+        for k in range(calls):
+            temperature = (0.3, 1.0, 1.7)[k % 3]
+            controls = m.default_controls(1, g)
+            controls["temperature"][:] = temperature
+            before = st_t
+            audio_t, st_t = m.step(controls, st_t)
+            audio_n, st_n = net.step({n: v.numpy() for n, v in controls.items()}, st_n)
+            lt, ln = m.quantize(audio_t[0, 0]), m.quantize(torch.from_numpy(audio_n[0, 0]))
+            samples += m.block_size
+            if torch.equal(lt, ln):
+                assert np.abs(audio_n - audio_t.numpy()).max() <= 1e-6
+                for n in st_t:
+                    assert np.abs(st_n[n] - st_t[n].numpy()).max() <= 1e-4, n
+                continue
+            j = int((lt != ln).nonzero()[0, 0])  # the first differing sample; later ones follow from it
+            assert abs(int(lt[j]) - int(ln[j])) == 1, f"call {k} sample {j}: levels {int(lt[j])} vs {int(ln[j])}"
+            logits, _ = m.step_teacher_forced(audio_t, before)
+            cdf = torch.cumsum(torch.softmax(logits[0, j] / temperature, -1), -1)
+            boundary = float(cdf[min(int(lt[j]), int(ln[j]))])
+            u = float(controls["noise"][0, j])
+            assert abs(u - boundary) < BOUNDARY, f"call {k}: u={u} is {abs(u - boundary):.2g} from the boundary"
+            flips += 1
+            st_n = {n: v.numpy() for n, v in st_t.items()}  # resynchronise and go on
+    return flips, samples
+
+
+def test_sampling_equals_torch_over_240_chained_calls_tiny(workdir):
+    m = make("samplernn-tiny")
+    flips, samples = compare_sampling(m, native_for(m, workdir, "s-tiny"), calls=240)
+    assert flips <= 2 and samples == 240 * 32
+
+
+def test_sampling_equals_torch_over_60_chained_calls_live(workdir):
+    m = make("samplernn-live")  # torch eager is slow at this size: 60 calls (3840 samples) keep the test short
+    flips, samples = compare_sampling(m, native_for(m, workdir, "s-live"), calls=60)
+    assert flips <= 2 and samples == 60 * 64
+
+
+def test_sampling_equals_torch_lstm_skip(workdir):
+    m = make("samplernn-tiny", **LSTM_SKIP)
+    flips, _ = compare_sampling(m, native_for(m, workdir, "s-lstm"), calls=90)
+    assert flips <= 2
+
+
+def test_the_flip_rule_can_fail(workdir):
+    """A native loop that samples differently (here: another temperature) is caught, not excused as flips."""
+    m = make("samplernn-tiny")
+    net = native_for(m, workdir, "s-wrong")
+    real = net.step
+    net.step = lambda controls, state: real({**controls, "temperature": controls["temperature"] * 1.5}, state)
+    with pytest.raises(AssertionError):
+        compare_sampling(m, net, calls=30)
+
+
+def test_hot_path_equals_step_and_step_does_not_mutate(workdir):
+    m = make("samplernn-tiny")
+    net = native_for(m, workdir, "hot")
+    rng = np.random.default_rng(0)
+    state = net.initial_state(1)
+    frozen = {k: v.copy() for k, v in state.items()}
+    net.reset()
+    out = np.zeros(net.block_size, np.float32)
+    for _ in range(20):
+        noise = rng.random((1, net.block_size), dtype=np.float32)
+        audio, state = net.step({"temperature": np.array([0.8], np.float32), "noise": noise}, state)
+        net.generate_frame(0.8, noise[0], out)
+        assert np.array_equal(out, audio[0, 0])
+        assert np.array_equal(net.last_levels, m.quantize(torch.from_numpy(out)).numpy())
+    for k, v in net.get_state().items():
+        assert np.array_equal(v, state[k])
+    assert all(np.array_equal(net.initial_state(1)[k], v) for k, v in frozen.items())
+    assert net.meta.kind == "samplernn" and net.block_size == net.meta.block_size == 32
+
+
+def test_bad_weights_files_are_refused_in_one_sentence(workdir):
+    (workdir / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a native SampleRNN weights file"):
+        NativeSampleRNN(workdir / "junk.npz")
+    with pytest.raises(UserError, match="no such native weights file"):
+        NativeSampleRNN(workdir / "missing.npz")
+    good = np.load(write_native_weights(make("samplernn-tiny"), workdir / "good.npz"))
+    arrays = {k: good[k] for k in good.files if k != "mlp.out_w"}
+    with open(workdir / "cut.npz", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(UserError, match="lack 'mlp.out_w'"):
+        NativeSampleRNN(workdir / "cut.npz")
