@@ -296,8 +296,7 @@ class Guard:
         for n, o in optimizers.items():
             o.load_state_dict(copy.deepcopy(s["optim"][n]))
         ckpt.set_rng_state(s["rng"])
-        self.recent.clear()
-        return s["step"]
+        return s["step"]  # `recent` is kept: those losses are still the yardstick
 
 
 def _to_cpu(obj):
@@ -395,7 +394,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.dist.local_rank] if self.device == "cuda" else None
-            self.run_module = DDP(self.run_module, device_ids=ids, find_unused_parameters=True)
+            # WaveGAN's two halves take turns; SampleRNN's learned h0 is unused after the first TBPTT piece
+            unused = hasattr(self.model, "critic_losses") or bool(getattr(self.model, "tbptt_samples", 0))
+            self.run_module = DDP(self.run_module, device_ids=ids, find_unused_parameters=unused)
         family = Adversarial if hasattr(self.model, "critic_losses") else Likelihood
         self.objective = family(self.model, self.run_module, config, self.dist, self.autocast_factory())
         self.length = self.training_length()
@@ -478,6 +479,7 @@ class Trainer:
                 bad = not ok or self.guard.exploded(metrics.get(monitor) if monitor else None)
                 if self.dist.any(bad):
                     self.rollback(metrics.get("loss"), bar)
+                    window = []
                     continue
                 self.rollbacks_in_a_row = 0
                 self.step += 1
@@ -520,6 +522,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] *= 0.5
                 lrs.append(group["lr"])
+        self.history["train"] = [r for r in self.history["train"] if r["step"] <= back_to]  # those steps are undone
         self.salt += 1  # a different batch order from here, so the same bad batch is not met again at once
         event = {"step": self.step, "event": "rollback", "to_step": back_to, "loss": loss, "lr": lrs[0]}
         self.history["events"].append(event)
