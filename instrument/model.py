@@ -403,6 +403,10 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
             return load_model(path, device="cpu", threads=threads, batch=batch)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p.name}: onnxruntime cannot load it ({first[:300]}).") from None
+    if kind == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        if device == "cuda":  # onnxruntime fell back silently (CUDA libraries missing): say so instead
+            raise UserError(f"{p.name}: CUDA was asked for but onnxruntime could not start it on this machine.")
+        kind = "cpu"
     _check_graph_io(session, meta, p.name)
     return RuntimeModel(session, meta, p, batch=batch, device=kind)
 

@@ -166,6 +166,12 @@ def test_real_tiny_model_parity(kind, tmp_path):
     print(kind, result.notes, report.summary())
     assert report.passed, report.summary()
     assert report.calls == CALLS
+    batched = verify_export(model, result.path, calls=10, batch=2, seed=1)  # the dynamic batch axis, for real
+    assert batched.passed, batched.summary()
+    if not result.meta.quantization:
+        half = export_model(model, tmp_path / f"{kind}16.onnx", fp16=True)
+        report16 = verify_export(model, half.path, calls=20)
+        assert report16.passed, report16.summary()
 
 
 class _NudgedQuantised(ToyQuantised):
