@@ -45,5 +45,7 @@ def tiny_wavegan(path: Path, latent: int = 16, block: int = 4096, sample_rate: i
     helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    from instrument.model import seal_bytes
+
+    path.write_bytes(seal_bytes(model.SerializeToString()))  # sealed like `neuralinst export`, so load_model takes it
     return path
