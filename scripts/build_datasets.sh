@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render the training data sets and prepare them for training:
-#   scripts/build_datasets.sh [SET ...]      (default: piano piano-notes drums heavy)
+#   scripts/build_datasets.sh [SET ...]      (default: piano piano-notes piano-notes-c4 drums heavy)
 # Raw renders (44.1 kHz float WAV, as FluidSynth writes them) go to data/raw/<set>/ with SOURCES.json; then
 # `neuralinst prepare` (downmix, 16 kHz, silence removal, chunks, 88/6/6 split) writes data/<set>/.
 # Environment: SEED (default 0) for the generated sets, MINUTES to override each set's target length,
@@ -13,7 +13,7 @@ py="$root/.venv/bin/python"
 cli="$root/.venv/bin/neuralinst"
 [ -x "$py" ] || { echo "build_datasets: no .venv; run ./dev setup first" >&2; exit 1; }
 sets=("$@")
-[ ${#sets[@]} -eq 0 ] && sets=(piano piano-notes drums heavy)
+[ ${#sets[@]} -eq 0 ] && sets=(piano piano-notes piano-notes-c4 drums heavy)
 seed="${SEED:-0}"
 extra=()
 [ -n "${MINUTES:-}" ] && extra+=(--minutes "$MINUTES")

@@ -265,23 +265,61 @@ def test_cli_scores_an_audio_file_against_a_data_set_with_json_and_png(tmp_path,
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_scores_a_real_exported_model(tmp_path, capsys, piano):
-    """A real (untrained) VRNN through export and the live runtime: the whole path, scored far from piano."""
+@pytest.fixture(scope="module")
+def vrnn_onnx(tmp_path_factory):
+    """A real (untrained) VRNN exported by export/ (random weights: not piano)."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     from export.onnx_export import export_model
     from training.configs import build_model, get_config
 
     torch.manual_seed(0)
-    model = build_model(get_config("vrnn-tiny", []))
-    onnx_path = tmp_path / "vrnn.onnx"
-    export_model(model, onnx_path)
+    path = tmp_path_factory.mktemp("vrnn") / "model.onnx"
+    export_model(build_model(get_config("vrnn-tiny", [])), path)
+    return path
+
+
+def test_cli_scores_a_real_exported_model(tmp_path, capsys, piano, vrnn_onnx):
+    """The whole path: export, the live runtime's generate(), the measure."""
     data = make_dataset(tmp_path / "piano", piano)
-    rc, out, err = run_cli(capsys, "--model", onnx_path, "--data", data, "--seconds", 2, "--json", tmp_path / "r.json")
+    rc, out, err = run_cli(capsys, "--model", vrnn_onnx, "--data", data, "--seconds", 2, "--json", tmp_path / "r.json")
     assert rc == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["info"]["kind"] == "vrnn"
     assert np.isfinite(result["score"]) and result["score"] > 0.5  # random weights are not piano
+
+
+def test_bench_quality_reproduces_the_card_and_flags_a_changed_one(tmp_path, capsys, monkeypatch, piano, vrnn_onnx):
+    import shutil
+
+    from benchmarks import common
+
+    shipped = tmp_path / "presets"
+    folder = shipped / "vrnn-test"
+    folder.mkdir(parents=True)
+    shutil.copy(vrnn_onnx, folder / "model.onnx")
+    (folder / "preset.toml").write_text('name = "vrnn-test"\n')
+    monkeypatch.setenv("NEURALINST_SHIPPED_PRESETS", str(shipped))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no user presets shadow it
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    data = make_dataset(tmp_path / "piano", piano)
+    # the card's figures, written by `neuralinst eval --card` on the preset by name
+    rc, _, err = run_cli(capsys, "--model", "vrnn-test", "--data", data, "--seconds", 2, "--card", folder / "MODEL_CARD.md")
+    assert rc == 0, err
+    card = (folder / "MODEL_CARD.md").read_text()
+    figures = ev.read_card_figures(card)
+    assert figures["data"] == str(data) and figures["seconds"] == 2 and "| this model |" in card
+
+    rc = cli_main(["bench", "quality", "--name", "q"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    row = json.loads((tmp_path / "results" / "q.json").read_text())["figures"]["presets"][0]
+    assert row["verdict"] == "ok" and abs(row["delta"]) < 1e-3  # the runtime is seeded: the same score again
+
+    figures["score"] += 0.5
+    (folder / "MODEL_CARD.md").write_text(f"<!-- {ev.CARD_MARK} {json.dumps(figures)} -->")
+    assert cli_main(["bench", "quality", "--name", "q"]) == 1
+    assert "DIFFERS" in capsys.readouterr().out
 
 
 def one_line_error(rc, err):

@@ -6,6 +6,6 @@ meant for), `PREPARE_ARGS` (extra `prepare` arguments) and `build(out_dir, seed=
 """
 from __future__ import annotations
 
-from training.datasets import drums, heavy, piano, piano_notes
+from training.datasets import drums, heavy, piano, piano_notes, piano_notes_c4
 
-SETS = {m.NAME: m for m in (piano, piano_notes, drums, heavy)}
+SETS = {m.NAME: m for m in (piano, piano_notes, piano_notes_c4, drums, heavy)}

@@ -42,8 +42,12 @@ def note_list() -> list[tuple[int, int]]:
 
 def build(out: Path, seed: int = 0, minutes: float | None = None, log=print) -> dict:
     del seed, minutes  # the note list is fixed
+    return render_notes(out, note_list(), NAME)
+
+
+def render_notes(out: Path, notes: list[tuple[int, int]], name: str) -> dict:
+    """Render (MIDI note, velocity) pairs as one clip file each in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    notes = note_list()
     start = time.time()
     track = Track("piano")
     track.tempo(0, 60)  # one beat = one second
@@ -67,5 +71,5 @@ def build(out: Path, seed: int = 0, minutes: float | None = None, log=print) -> 
         sf.write(str(out / name), segment, sr, subtype="FLOAT")
         files.append({"file": name, "note": pitch, "velocity": velocity, "seconds": CLIP_SECONDS})
     (out / "notes.json").write_text(json.dumps(files, indent=1))
-    return {"set": NAME, "files": files, "minutes": len(files) * CLIP_SECONDS / 60,
+    return {"set": name, "files": files, "minutes": len(files) * CLIP_SECONDS / 60,
             "render_seconds": time.time() - start}
