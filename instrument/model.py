@@ -462,6 +462,7 @@ class RuntimeModel:
         self._current = 0  # which state set holds the state the next call reads
         self._pos = meta.block_size  # read position in self._audio; block_size = nothing left over
         self._rng = np.random.default_rng(0)
+        self.recoveries = 0  # blocks that came out non-finite and were replaced by silence (the state restarted)
         self.reset(0)
 
     def _make_binding(self, src: int, dst: int):
@@ -588,3 +589,9 @@ class RuntimeModel:
                 arr[...] = target
         self._session.run_with_iobinding(self._bindings[self._current])
         self._current = 1 - self._current
+        if not np.isfinite(self._audio).all():
+            # A model that blew up would otherwise carry NaN in its state forever: a silent instrument on stage.
+            # Silence this block and restart the stream from the initial state (the noise stream goes on).
+            self._audio[...] = 0.0
+            self.set_state(self._initial)
+            self.recoveries += 1

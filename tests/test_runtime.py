@@ -183,3 +183,32 @@ def test_randomised_initial_state_is_seeded(tmp_path):
     assert 0.2 < np.std(a - base) < 1.0 and np.abs(a - b).max() > 0.1
     from export.verify import verify_export
     assert verify_export(model, path, calls=20).passed  # torch starts from the runtime's seeded state
+
+
+def test_a_blown_up_model_recovers_instead_of_going_silent(tmp_path):
+    """State that doubles every call overflows to inf: the runtime silences that block and restarts the state."""
+    from instrument.meta import ModelMeta, StateSpec
+    from training.streaming import StreamingModel
+
+    class Doubling(StreamingModel):
+        kind = "vrnn"
+
+        def stream_meta(self):
+            return ModelMeta(kind="vrnn", sample_rate=16000, channels=1, block_size=4, controls=[],
+                             state=[StateSpec("x", [1])])
+
+        def initial_state(self, batch):
+            return {"x": torch.ones(batch, 1)}
+
+        def step(self, controls, state):
+            x = state["x"] * 16.0
+            return (x / x.abs().clamp(min=1.0) * 0.5 + x * 0).expand(-1, 4)[:, None, :], {"x": x}
+
+    from toy_models import ToyConfig
+
+    path = export_model(Doubling(ToyConfig(name="doubling")), tmp_path / "doubling.onnx").path
+    model = load_model(path, device="cpu")
+    audio = model.generate(4 * 80)  # 16^32 overflows float32 after 32 calls, then inf * 0 = nan
+    assert np.isfinite(audio).all()
+    assert model.recoveries >= 1
+    assert np.abs(audio).max() == 0.5  # it plays again after the restart
