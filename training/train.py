@@ -470,8 +470,10 @@ class Trainer:
         self.model.train()
         self.guard.take(self.step, self.model, self.objective.optimizers)
         window: list[Metrics] = []
+        # on a terminal the bar redraws; in a log file (an overnight `nohup`) it writes a line a minute
+        tty = sys.stderr.isatty()
         bar = tqdm(total=target, initial=self.step, desc=self.config.name, unit="step", dynamic_ncols=True,
-                   disable=not self.dist.main or None, file=sys.stderr)
+                   disable=not self.dist.main, file=sys.stderr, mininterval=0.5 if tty else 60.0)
         with StopRequest() as stop, bar:
             while self.step < target:
                 metrics, ok = self.objective.step(self.get_batch)
@@ -499,6 +501,9 @@ class Trainer:
                 self.history["train"].append({"step": self.step, **_average(window)})
             if not self.history["valid"] or self.history["valid"][-1]["step"] != self.step:
                 self.checkpoint(bar)  # at exit: the end, Ctrl-C or SIGTERM
+        if self.dist.main:
+            print(f"neuralinst train: {self.out} at step {self.step}; load it with "
+                  f"`neuralinst export {self.out} --out MODEL.onnx`.", file=sys.stderr)
         return 0
 
     def postfix(self, metrics: Metrics) -> dict[str, str]:
@@ -590,10 +595,10 @@ def _average(rows: list[Metrics]) -> Metrics:
 
 @torch.no_grad()
 def generate(model, seconds: float, device: str, seed: int = 0) -> torch.Tensor:
-    """`model.generate` on the model's device: state and controls (fresh noise per step) are moved there."""
+    """`StreamingModel.generate` on the model's device (state and controls are moved there; the meta is read once)."""
     from training.streaming import StreamingModel
 
-    if device == "cpu" or type(model).generate is not StreamingModel.generate:
+    if type(model).generate is not StreamingModel.generate:  # the model knows better (WaveGAN: fresh z per clip)
         return model.generate(seconds, seed=seed)
     meta = model.stream_meta()
     g = torch.Generator().manual_seed(seed)
@@ -662,8 +667,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("both --data DATASET and --out RUN are needed (or --dry-run).")
     if args.steps < 1:
         raise UserError("--steps must be at least 1.")
+    for flag in ("checkpoint_every", "log_every", "snapshot_every", "valid_batches"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "valid_batches" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'valid_batches' else 1}.")
     dist = Dist.from_env(pick_device(args.device))
     try:
-        return Trainer(args, dist).fit()
+        trainer = Trainer(args, dist)
+        try:
+            return trainer.fit()
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"out of GPU memory with batch_size={trainer.config.batch_size}; lower it with --set "
+                            f"batch_size=N (the last checkpoint in {trainer.out} is intact).") from None
     finally:
         dist.close()
