@@ -3,7 +3,7 @@
     from export.verify import verify_export
     report = verify_export(model, "model.onnx", calls=200)    # -> VerifyReport; report.passed, report.max_abs_diff
 
-Both sides run closed loop, each feeding its own state back, through the real runtime (instrument.model.load_model:
+Both sides run closed loop, each feeding its own state back, with the controls moving between calls, through the real runtime (instrument.model.load_model:
 the same IOBinding, initial state and noise path the instrument uses). The runtime draws the noise; the torch model
 gets exactly the arrays the runtime used. A drift in any state therefore shows up in the audio of later calls.
 
@@ -87,10 +87,16 @@ def _excuse_flips(audio_rt, audio_t, bad, diff, quant) -> tuple[int, np.ndarray]
     return flips, diff
 
 
-def _set_random_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator) -> None:
-    """Latents at random points of their range (a zero latent would test little); other controls at defaults."""
+def _vary_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator, call: int) -> None:
+    """Move the performer controls between calls: a control that tracing baked in as a constant (a Python float
+    instead of the input) passes at its default value but fails here. Temperature moves every call within
+    [0.5, 1.5] (clipped to its range), latents jump every 10 calls (a zero latent would test little)."""
     for c in meta.controls:
-        if c.role in ("latent", "latent_offset"):
+        if c.role == "temperature":
+            low, high = max(c.minimum, 0.5), min(c.maximum, 1.5)
+            if low < high:
+                runtime.set_control(c.name, rng.uniform(low, high, size=c.shape))
+        elif c.role in ("latent", "latent_offset") and call % 10 == 0:
             low, high = max(c.minimum, -3.0), min(c.maximum, 3.0)
             runtime.set_control(c.name, rng.uniform(low, high, size=c.shape) * 0.5 + (low + high) / 4)
 
@@ -110,7 +116,7 @@ def verify_export(
     if tolerance is None:
         tolerance = FP16_TOLERANCE if meta.precision == "float16" else DEFAULT_TOLERANCE
     runtime.reset(seed)
-    _set_random_controls(runtime, meta, np.random.default_rng(seed))
+    control_rng = np.random.default_rng(seed)
     model = model.eval()
     # Both sides start from the runtime's initial state (it may hold seeded h0 noise); without such noise it must
     # equal the torch model's own initial state.
@@ -126,6 +132,7 @@ def verify_export(
     report = VerifyReport(calls, batch, 0.0, 0.0, tolerance, 0, 0, True)
     with torch.no_grad():
         for call in range(calls):
+            _vary_controls(runtime, meta, control_rng, call)
             audio_rt = runtime.step().astype(np.float64)
             controls = {}
             for name, array in runtime.last_controls().items():

@@ -205,7 +205,7 @@ def scan_onnx_bytes(data: bytes) -> OnnxFileSummary:
             continue
         # Every other field (graph, opsets, IR version, functions...) is sealed byte for byte, in file order.
         sealed.update(f"{field}:{wire}:".encode())
-        sealed.update(str(a).encode() if wire == 0 else bytes(buf[a:b]))
+        sealed.update(str(a).encode() if wire == 0 else buf[a:b])
         if field == 7 and wire == 2:
             has_graph = True
             _graph_locations(buf, a, b, locations)

@@ -244,3 +244,20 @@ def test_export_command_refuses_with_one_sentence(tmp_path):
     with pytest.raises(UserError):
         cli.run(parser.parse_args([str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")]))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_verify_catches_a_control_baked_in_by_tracing(tmp_path):
+    """Tracing a Python float instead of the temperature input gives a graph that only plays at the default."""
+
+    class Baked(ToyGRU):
+        def step(self, controls, state):
+            frozen = torch.ones_like(controls["temperature"])  # the input is ignored: the bug
+            return super().step(dict(controls, temperature=frozen), state)
+
+    torch.manual_seed(0)
+    baked = Baked()
+    path = export_model(baked, tmp_path / "baked.onnx").path
+    honest = ToyGRU()
+    honest.load_state_dict(baked.state_dict())
+    report = verify_export(honest, path, calls=10)
+    assert not report.passed
