@@ -58,8 +58,9 @@ class JackSession:
     """A private JACK server (dummy driver, no realtime), or a running one named by `server`. The JACK environment
     variables are set before any client library loads libjack (PortAudio re-initialises if it already had)."""
 
-    def __init__(self, server: str | None = None, rate: int = RATE, period: int = PERIOD):
+    def __init__(self, server: str | None = None, rate: int = RATE, period: int = PERIOD, realtime: bool = False):
         self.external = server is not None
+        self.realtime = realtime
         self.name = server or f"neuralinst-bench-{os.getpid()}"
         self.rate, self.period = rate, period
         self.proc: subprocess.Popen | None = None
@@ -73,8 +74,9 @@ class JackSession:
             jackd = shutil.which("jackd")
             if jackd is None:
                 raise UserError("jackd is not installed: run ./dev setup (it installs the Debian package jackd2).")
+            rt = ["--realtime", "-P", "70"] if self.realtime else ["--no-realtime"]
             self.proc = subprocess.Popen(
-                [jackd, "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p",
+                [jackd, *rt, "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p",
                  str(self.period)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             ok = subprocess.run(["jack_wait", "-w", "-t", "10", "-s", self.name], capture_output=True, text=True)
             if ok.returncode != 0 or self.proc.poll() is not None:
@@ -125,7 +127,8 @@ class Probe:
         self.buf = np.zeros((int(seconds * self.rate), channels), np.float32)
         self.audio_in = [self.client.inports.register(f"in_{i}") for i in range(channels)]
         self.midi_out = self.client.midi_outports.register("midi_out")
-        self.frames = 0
+        self.frames = 0  # frames captured
+        self.position = 0  # capture frames elapsed (keeps counting when the buffer is full or empty)
         self.start_frame: int | None = None
         self.xruns = 0
         self.xrun_frames: list[int] = []  # capture frames (approximate) at which the server reported an xrun
@@ -150,6 +153,7 @@ class Probe:
         if self.start_frame is None:
             self.start_frame = cycle
         rel = (cycle - self.start_frame) % (1 << 32)
+        self.position = rel + n
         k = min(n, len(self.buf) - rel)
         if k > 0:
             for c, port in enumerate(self.audio_in):
