@@ -256,8 +256,10 @@ class EvalResult:
         out = [f"{'':22s}{'FD':>10s}{'score':>8s}{'level dB':>10s}{'FD log-mel':>12s}"
                f"{'flatness':>10s}{'silent':>8s}"]
         for name, m in rows:
-            s = self.normalise(m.fd)
-            out.append(f"{name:22s}{m.fd:10.2f}{s:8.3f}{m.fd_level:10.2f}{m.fd_logmel:12.1f}"
+            if m is self.reference:  # distances to itself are 0 by construction: show only what it is like
+                out.append(f"{name:22s}{'-':>10s}{'-':>8s}{'-':>10s}{'-':>12s}{m.flatness:10.3f}{m.silent:8.1%}")
+                continue
+            out.append(f"{name:22s}{m.fd:10.2f}{self.normalise(m.fd):8.3f}{m.fd_level:10.2f}{m.fd_logmel:12.1f}"
                        f"{m.flatness:10.3f}{m.silent:8.1%}")
         out.append(f"score {self.score:.3f}  (0 = as close as the validation split, 1 = as far as pink noise; "
                    f"{self.seconds:.0f} s each, analysed at {ANALYSIS_RATE} Hz)")
@@ -270,11 +272,12 @@ class EvalResult:
 
 
 def _measure(audio: np.ndarray, sr: int, ref: tuple[GaussianStats, GaussianStats, GaussianStats]) -> Measure:
+    """`audio` against the reference's (score features, level, raw log-mel) statistics."""
     logmel = logmel_frames(audio, sr)
     _, level = frame_features(logmel)
-    ref_shape, ref_level, ref_logmel = ref
+    ref_score, ref_level, ref_logmel = ref
     return Measure(
-        fd=frechet_between(gaussian_stats(score_features(logmel)), ref_shape),
+        fd=frechet_between(gaussian_stats(score_features(logmel)), ref_score),
         fd_level=math.sqrt(frechet_between(gaussian_stats(level), ref_level)),
         fd_logmel=frechet_between(gaussian_stats(logmel), ref_logmel),
         flatness=spectral_flatness(audio, sr),
@@ -308,6 +311,9 @@ def evaluate_audio(audio: np.ndarray, reference: np.ndarray, sr: int, floor: np.
     reference_sr = reference_sr or sr
     ref = to_mono(reference)
     model = to_mono(audio)
+    if not np.isfinite(model).all():
+        bad = int((~np.isfinite(model)).sum())
+        raise UserError(f"the audio to score holds {bad} NaN or infinite samples; the model is broken, not just poor.")
     if floor is None:
         ref, floor_mono = _split_alternate(ref, reference_sr)
     else:

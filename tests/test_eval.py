@@ -205,6 +205,10 @@ def test_too_little_audio_is_a_user_error(piano):
 
     with pytest.raises(UserError):
         ev.evaluate_audio(piano[:1000], piano, SR)
+    broken = piano.copy()
+    broken[100] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        ev.evaluate_audio(broken, piano, SR)
 
 
 # --- the picture --------------------------------------------------------------------------------------------------
