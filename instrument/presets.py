@@ -366,6 +366,98 @@ def _value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+# --- switching presets live ------------------------------------------------------------------------------------
+class PresetSwitcher:
+    """Program Change, switch notes/CC and the UI → `engine.switch(preset)`, on a worker thread: loading a model
+    takes a while, and neither MIDI nor the UI may wait for it. Requests coalesce (a burst of program changes
+    loads only the last one). A preset that fails to load leaves the current one playing and sets `error`."""
+
+    def __init__(self, engine, current: Preset, on_switched=None, crossfade_ms: float = 40.0):
+        import threading
+
+        self.engine = engine
+        self.current = current
+        self.on_switched = on_switched
+        self.crossfade_ms = crossfade_ms
+        self.error = ""
+        self.switching = ""  # the preset being loaded, for the UI
+        self.switches = 0
+        self._request: tuple[str, object] | None = None
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="preset-switcher", daemon=True)
+        self._thread.start()
+
+    def names(self) -> list[str]:
+        """What Program Change n selects: the current preset's `mapping.programs`, else every usable preset."""
+        return list(self.current.mapping.programs) or preset_names()
+
+    def select_index(self, index: int) -> None:
+        self._ask("index", int(index))
+
+    def select_fraction(self, u: float) -> None:
+        self._ask("fraction", float(u))
+
+    def select_name(self, name: str) -> None:
+        self._ask("name", name)
+
+    def step(self, delta: int) -> None:
+        """Next (+1) or previous (-1) preset in list order."""
+        self._ask("step", int(delta))
+
+    def _ask(self, how: str, value) -> None:
+        self._request = (how, value)  # one slot: the newest request wins
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(5.0)
+
+    def _resolve(self, how: str, value) -> str | None:
+        if how == "name":
+            return str(value)
+        names = self.names()
+        if not names:
+            return None
+        if how == "index":
+            return names[value] if 0 <= value < len(names) else None
+        if how == "fraction":
+            return names[min(int(value * len(names)), len(names) - 1)]
+        here = names.index(self.current.name) if self.current.name in names else -1
+        return names[(here + value) % len(names)]
+
+    def _work(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            request, self._request = self._request, None
+            if request is None:
+                continue
+            try:
+                name = self._resolve(*request)
+                if name is None:
+                    self.error = f"no preset at {request[0]} {request[1]} (presets: {', '.join(self.names())})"
+                    continue
+                if name == self.current.name:
+                    continue
+                self.switching = name
+                preset = load_preset(name)
+                self.engine.switch(preset, crossfade_ms=self.crossfade_ms)
+                self.current, self.error = preset, ""
+                self.switches += 1
+                if self.on_switched:
+                    self.on_switched(preset)
+            except UserError as e:
+                self.error = str(e)
+            except Exception as e:  # the show goes on with the current preset
+                self.error = f"switching failed: {type(e).__name__}: {e}"
+            finally:
+                self.switching = ""
+
+
 # --- the model's metadata without onnx or onnxruntime ----------------------------------------------------------
 def read_model_metadata(path: Path) -> dict[str, Any]:
     """The neuralinst metadata (ModelMeta as a dict) of an .onnx file, read straight from the protobuf's top-level

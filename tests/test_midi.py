@@ -1,0 +1,241 @@
+"""MIDI: the defensive parser, the mapping (soft takeover, sustain, learn, preset switching) and real JACK ports."""
+import random
+import time
+
+import pytest
+
+from instrument.errors import UserError
+from instrument.mapping import CCBinding, Mapper, Mapping, ParameterBank
+from instrument.midi import FLOOD_LIMIT, MidiInput, MidiMessage, MidiParser
+from instrument.params import ParamSpec
+from jackserver import wait_for
+
+SPECS = [ParamSpec("temperature", 0.0, 2.0, 1.0), ParamSpec("latent.0", -1.0, 1.0, 0.0),
+         ParamSpec("volume", 0.0, 1.0, 0.8), ParamSpec("filter.cutoff", 40.0, 20000.0, 20000.0, "Hz", "log")]
+
+
+# --- parser ------------------------------------------------------------------------------------------------------
+def kinds(msgs):
+    return [(m.kind, m.channel, m.a, m.b) for m in msgs]
+
+
+def test_parser_running_status_velocity_zero_bend_and_realtime_inside_a_message():
+    p = MidiParser()
+    msgs = p.feed([0x91, 60, 100, 62, 0, 0xB0, 0xF8, 7, 99, 8, 1, 0xE2, 0x00, 0x40, 0xE2, 0x7F, 0x7F, 0xC3, 5])
+    assert kinds(msgs) == [("note_on", 1, 60, 100), ("note_off", 1, 62, 0), ("clock", -1, 0, 0), ("cc", 0, 7, 99),
+                           ("cc", 0, 8, 1), ("pitch_bend", 2, 8192, 0), ("pitch_bend", 2, 16383, 0),
+                           ("program", 3, 5, 0)]
+    assert p.stats.messages == 7 and p.stats.realtime == 1 and p.stats.malformed == 0
+
+
+def test_parser_skips_and_counts_sysex_and_malformed_bytes():
+    p = MidiParser()
+    msgs = p.feed([0x05, 0x06] + [0xF0, 0x7E] + [1] * 10_000 + [0xF7] + [0x90, 60, 0xF4, 0x80, 60, 0]
+                  + [0xF0, 1, 2, 0xB0, 1, 64] + [0xF7, 300, -1])
+    assert kinds(msgs) == [("sysex", -1, 10_001, 0), ("note_off", 0, 60, 0), ("cc", 0, 1, 64)]
+    assert len(msgs[0].data) == 256  # kept for display only, the rest counted
+    # 2 stray data bytes, the note cut short by 0xF4, 0xF4 itself, the sysex cut by 0xB0, a lone 0xF7, 300, -1
+    assert p.stats.malformed == 8 and p.stats.sysex == 1
+
+
+def test_parser_survives_random_bytes_and_floods():
+    rng = random.Random(1)
+    p = MidiParser()
+    data = [rng.randrange(256) for _ in range(200_000)]
+    t0 = time.perf_counter()
+    msgs = p.feed(data, t=0.0)
+    assert time.perf_counter() - t0 < 5.0
+    for m in msgs:
+        assert 0 <= m.a <= 16383 and 0 <= m.b <= 127 and -1 <= m.channel <= 15
+    assert p.stats.malformed > 1000 and p.stats.flood_dropped > 0
+    assert sum(m.channel >= 0 for m in msgs) == FLOOD_LIMIT  # one second's worth of channel messages, no more
+    assert kinds(p.feed([0xB0, 7, 1], t=2.0))[-1] == ("cc", 0, 7, 1)  # a new second: the flood guard lets go
+
+
+# --- mapping -------------------------------------------------------------------------------------------------------
+class Posted(list):
+    def params(self, name):
+        return [e.b for e in self if e.type == "param" and e.a == name]
+
+
+def cc(number, value, channel=0):
+    return MidiMessage("cc", channel, number, value, time.monotonic())
+
+
+def make(mapping=None, switcher=None, values=None):
+    posted = Posted()
+    bank = ParameterBank(SPECS, posted.append, values)
+    mapping = mapping or Mapping(cc=[CCBinding(21, "temperature"), CCBinding(70, "latent.0"),
+                                     CCBinding(25, "filter.cutoff"), CCBinding(7, "volume", minimum=0.2, maximum=0.6)])
+    return Mapper(mapping, bank, posted.append, switcher), bank, posted
+
+
+def test_cc_moves_its_parameter_over_the_parameter_range_after_soft_takeover():
+    mapper, bank, posted = make()
+    mapper.handle(cc(21, 64))  # temperature is 1.0 = knob 63.5: close enough to take over at once
+    assert bank.get("temperature") == pytest.approx(2 * 64 / 127)
+    mapper.handle(cc(21, 127))
+    assert posted.params("temperature")[-1] == 2.0
+    mapper.handle(cc(25, 0))  # cutoff is at 20 kHz (knob at the top): the knob at 0 must not jump it
+    assert bank.get("filter.cutoff") == 20000.0 and mapper.pickup("filter.cutoff") == 0.0
+    mapper.handle(cc(25, 127))  # passes through the value: taken over
+    mapper.handle(cc(25, 0))
+    assert bank.get("filter.cutoff") == pytest.approx(40.0)
+    mapper.handle(cc(7, 127))  # volume 0.8 is above this knob's 0.2..0.6 range: held until it crosses
+    assert bank.get("volume") == 0.8
+    bank.set("volume", 0.4)
+    mapper.handle(cc(7, 64))
+    assert bank.get("volume") == pytest.approx(0.2 + 0.4 * 64 / 127)
+
+
+def test_soft_takeover_waits_for_the_knob_to_pass_the_value_again_after_the_ui_moved_it():
+    mapper, bank, posted = make()
+    mapper.handle(cc(70, 64))
+    assert bank.get("latent.0") == pytest.approx(1 / 127)
+    bank.set("latent.0", 0.5)  # the UI moves it: the knob at 64 no longer matches
+    for v in (70, 80, 90):  # 0.5 is knob ~95: still below
+        mapper.handle(cc(70, v))
+    assert bank.get("latent.0") == 0.5 and mapper.stats.waiting == 3
+    mapper.handle(cc(70, 100))  # crossed
+    assert bank.get("latent.0") == pytest.approx(-1 + 2 * 100 / 127)
+    no_takeover, bank2, _ = make(Mapping(cc=[CCBinding(70, "latent.0")], soft_takeover=False))
+    no_takeover.handle(cc(70, 127))
+    assert bank2.get("latent.0") == 1.0
+
+
+def test_notes_channel_filter_sustain_pedal_bend_and_all_notes_off():
+    mapper, _, posted = make(Mapping(channel=1))
+    on = lambda n, v=100, ch=1: MidiMessage("note_on", ch, n, v, 1.0)  # noqa: E731
+    off = lambda n, ch=1: MidiMessage("note_off", ch, n, 0, 1.0)  # noqa: E731
+    mapper.handle(on(60))
+    mapper.handle(on(61, ch=0))  # other channel: ignored
+    mapper.handle(cc(64, 127, channel=1))
+    mapper.handle(off(60))  # held by the pedal
+    assert [(e.type, e.a) for e in posted] == [("note_on", 60)] and posted[0].b == pytest.approx(100 / 127)
+    mapper.handle(cc(64, 0, channel=1))
+    assert [(e.type, e.a) for e in posted][-1] == ("note_off", 60)
+    mapper.handle(MidiMessage("pitch_bend", 1, 0, 0, 1.0))
+    mapper.handle(MidiMessage("pitch_bend", 1, 16383, 0, 1.0))
+    assert [e.b for e in posted if e.type == "pitch_bend"] == [-1.0, pytest.approx(1.0, abs=1e-3)]
+    mapper.handle(on(62))
+    mapper.handle(on(64))
+    mapper.handle(cc(123, 0, channel=1))
+    assert [(e.type, e.a) for e in posted][-2:] == [("note_off", 62), ("note_off", 64)]
+
+
+class Switches(list):
+    def select_index(self, i):
+        self.append(("index", i))
+
+    def select_fraction(self, u):
+        self.append(("fraction", u))
+
+
+def test_program_change_switch_notes_and_switch_cc_select_presets():
+    sw = Switches()
+    mapper, _, posted = make(Mapping(switch_notes=(0, 11), switch_cc=30), sw)
+    mapper.handle(MidiMessage("program", 0, 3, 0, 1.0))
+    mapper.handle(MidiMessage("note_on", 0, 2, 90, 1.0))
+    mapper.handle(MidiMessage("note_off", 0, 2, 0, 1.0))
+    mapper.handle(cc(30, 127))
+    assert sw == [("index", 3), ("index", 2), ("fraction", 1.0)] and posted == []
+    off = Switches()
+    make(Mapping(program_change=False), off)[0].handle(MidiMessage("program", 0, 3, 0, 1.0))
+    assert off == []
+
+
+def test_midi_learn_binds_the_next_cc_and_then_takes_over_softly():
+    learned = []
+    mapper, bank, _ = make()
+    mapper.on_learned = learned.append
+    mapper.learn("volume")
+    mapper.handle(cc(99, 10))  # the learning move binds only
+    assert learned == [CCBinding(99, "volume")] and mapper.learning is None and bank.get("volume") == 0.8
+    assert mapper.mapping.cc_numbers("volume") == [7, 99]
+    mapper.handle(cc(99, 120))  # passes 0.8 (knob 101.6): takes over
+    assert bank.get("volume") == pytest.approx(120 / 127)
+
+
+# --- real ports (JACK) --------------------------------------------------------------------------------------------
+@pytest.fixture
+def sender(jack_server):
+    """make(name) -> a real rtmidi JACK output port `name:out`; make.unplug(out) deletes it (once: twice crashes)."""
+    import rtmidi
+
+    outs = []
+
+    def make_sender(name="keys"):
+        out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
+        out.open_virtual_port("out")
+        outs.append(out)
+        return out
+
+    def unplug(out):
+        outs.remove(out)
+        out.delete()
+
+    make_sender.unplug = unplug
+    yield make_sender
+    for out in outs:
+        out.delete()
+
+
+def send(out, *messages):
+    """Send with a pause longer than a JACK period between messages: rtmidi's JACK output can hand the receiver
+    the same bytes twice when two messages are queued within one period (seen here with python-rtmidi 1.5.8)."""
+    for m in messages:
+        out.send_message(m)
+        time.sleep(0.01)
+
+
+def test_real_port_auto_connects_survives_vanishing_and_reconnects(jack_server, sender):
+    mapper, bank, posted = make()
+    out = sender("keys")
+    with MidiInput(mapper.handle, name="ni-test", poll_interval=0.1) as midi:
+        assert wait_for(lambda: ("keys:out", "connected") in midi.status())
+        time.sleep(0.05)  # a connection carries data from the next JACK cycle on
+        send(out, [0xB0, 21, 0], [0xB0, 21, 127])  # passes 1.0 on the way: soft takeover lets it through
+        assert wait_for(lambda: bank.get("temperature") == 2.0), ([r[1:] for r in midi.recent], mapper.stats, mapper._takeover)
+        sender.unplug(out)  # the controller is unplugged mid-performance
+        assert wait_for(lambda: ("keys:out", "lost — waiting for it") in midi.status())
+        out = sender("keys")  # and plugged back in
+        assert wait_for(lambda: ("keys:out", "connected") in midi.status())
+        time.sleep(0.05)
+        send(out, [0x90, 60, 100])
+        assert wait_for(lambda: [e.a for e in posted if e.type == "note_on"] == [60])
+        assert midi.ports["keys:out"].lost == 1 and midi.errors == 0
+
+
+def test_real_virtual_port_takes_a_jack_connection_and_a_random_byte_flood(jack_server, sender):
+    import jack
+
+    mapper, bank, posted = make()
+    flooder, patched = sender("flooder"), sender("patchbay")
+    with MidiInput(mapper.handle, name="ni-flood", select="flooder", poll_interval=0.1) as midi:
+        assert wait_for(lambda: ("flooder:out", "connected") in midi.status())
+        time.sleep(0.05)
+        assert "patchbay:out" not in midi.ports  # --midi selects: only matching sources are auto-connected
+        client = jack.Client("ni-patch", no_start_server=True)
+        try:
+            client.connect("patchbay:out", midi.virtual_port)  # patched by hand into our own virtual port
+            time.sleep(0.05)  # a connection carries data from the next JACK cycle on
+            send(patched, [0xB0, 70, 0], [0xB0, 70, 127])
+            assert wait_for(lambda: bank.get("latent.0") == 1.0)
+        finally:
+            client.close()
+        rng = random.Random(7)
+        t0 = time.monotonic()
+        for i in range(1000):  # 1,000 messages of random bytes in about a second
+            flooder.send_message([rng.randrange(256) for _ in range(rng.randint(1, 3))])
+            time.sleep(max(0.0, t0 + i / 1000 - time.monotonic()))
+        time.sleep(0.05)
+        send(flooder, [0xB0, 21, 0], [0xB0, 21, 127])  # soft takeover: the knob passes 1.0 after the flood
+        assert wait_for(lambda: bank.get("temperature") == 2.0), (midi.stats, [r[1:] for r in midi.recent], bank.values, mapper._takeover)
+        stats = midi.stats
+        assert stats.malformed > 100 and stats.messages > 100 and midi.errors == 0, stats
+
+
+def test_unknown_midi_port_is_one_sentence_listing_the_ports(jack_server, sender):
+    sender("korg")
+    with pytest.raises(UserError, match=r"no MIDI input matches 'launchpad' \(available: .*'korg:out'"):
+        MidiInput(lambda m: None, name="ni-sel", select="launchpad").start()
