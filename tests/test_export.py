@@ -205,7 +205,7 @@ def _neuralinst(*args, timeout=240):
                           timeout=timeout)
 
 
-def test_export_command_from_a_checkpoint(tmp_path):
+def test_export_command_from_a_checkpoint(tmp_path, capsys):
     """`neuralinst export RUN --out M.onnx` on a real checkpoint: exported, verified, loadable, metadata filled."""
     pytest.importorskip("training.vrnn")
     from training.checkpoint import save_checkpoint
@@ -227,6 +227,19 @@ def test_export_command_from_a_checkpoint(tmp_path):
     assert meta.kind == "vrnn" and meta.training_data["sources"] == ["piano.flac"]
     assert meta.extra["checkpoint_step"] == 10 and meta.extra["last_validation"]["loss"] == 1.5
     assert meta.config["name"] == "vrnn-tiny"
+    # --fp16, in-process (the dispatcher is proven above): verified too, on the CPU when there is no GPU
+    import argparse
+
+    from export import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    half = tmp_path / "vrnn16.onnx"
+    args = parser.parse_args([str(tmp_path / "run"), "--out", str(half), "--fp16", "--verify-calls", "20"])
+    assert cli.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "float16" in printed and "verify passed (20 streaming calls" in printed, printed
+    assert load_model(half, device="cpu").meta.precision == "float16"
 
 
 def test_export_command_refuses_with_one_sentence(tmp_path):
