@@ -40,6 +40,16 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("native")
 
 
+def exported(model: Model, workdir, tag: str):
+    """The model's ONNX file, exported once per tag (a tag always names the same seeded model)."""
+    from export.onnx_export import export_model
+
+    path = workdir / f"{tag}.onnx"
+    if not path.exists():
+        export_model(model, path)
+    return path
+
+
 def native_for(model: Model, workdir, tag: str) -> NativeSampleRNN:
     return NativeSampleRNN(write_native_weights(model, workdir / f"{tag}.npz"))
 
@@ -168,3 +178,54 @@ def test_bad_weights_files_are_refused_in_one_sentence(workdir):
         np.savez(f, **arrays)
     with pytest.raises(UserError, match="lack 'mlp.out_w'"):
         NativeSampleRNN(workdir / "cut.npz")
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(LSTM_SKIP, h0_random_std=0.5)])
+def test_native_runtime_plays_what_the_onnx_runtime_plays(overrides, workdir):
+    """Same seed, same controls: NativeRuntimeModel and instrument.model.RuntimeModel give the same samples."""
+    from instrument.model import load_model
+    from instrument.native.samplernn import load_native_model
+
+    m = make("samplernn-tiny", **overrides)
+    tag = f"rt-{len(overrides)}"
+    onnx_rt = load_model(exported(m, workdir, tag), device="cpu", threads=1, batch=1)
+    native_rt = load_native_model(write_native_weights(m, workdir / f"{tag}.npz"))
+    assert native_rt.block_size == onnx_rt.block_size and native_rt.sample_rate == onnx_rt.sample_rate
+    onnx_rt.reset(7)
+    native_rt.reset(7)
+    for name, value in onnx_rt.get_state().items():  # the randomised h0 too
+        assert np.array_equal(native_rt.get_state()[name], value), name
+    flips = 0
+    for k in range(90):
+        t = (0.3, 1.0, 1.7)[k % 3]
+        onnx_rt.set_control("temperature", t)
+        native_rt.set_control("temperature", t)
+        a, b = onnx_rt.generate(m.block_size), native_rt.generate(m.block_size)
+        assert np.array_equal(onnx_rt.last_controls()["noise"], native_rt.last_controls()["noise"])
+        la, lb = m.quantize(torch.from_numpy(a[0])), m.quantize(torch.from_numpy(b[0]))
+        if not torch.equal(la, lb):
+            j = int((la != lb).nonzero()[0, 0])
+            assert abs(int(la[j]) - int(lb[j])) == 1
+            flips += 1
+            native_rt.set_state(onnx_rt.get_state())
+            continue
+        assert np.abs(a - b).max() <= 1e-6
+    assert flips <= 2
+    with pytest.raises(UserError, match="noise drawn by the runtime"):
+        native_rt.set_control("noise", 0.5)
+    native_rt.set_control("temperature", 99.0)
+    assert native_rt.get_control("temperature")[0] == 2.0  # clamped to the control's range
+
+
+def test_native_runtime_batch_of_two_equals_onnx(workdir):
+    from instrument.model import load_model
+    from instrument.native.samplernn import load_native_model
+
+    m = make("samplernn-tiny")
+    onnx_rt = load_model(exported(m, workdir, "rt-0"), device="cpu", threads=1, batch=2)
+    native_rt = load_native_model(write_native_weights(m, workdir / "b2.npz"), batch=2)
+    onnx_rt.reset(3)
+    native_rt.reset(3)
+    a, b = onnx_rt.generate_batch(10 * m.block_size), native_rt.generate_batch(10 * m.block_size)
+    assert a.shape == b.shape == (2, 1, 320)
+    assert np.array_equal(m.quantize(torch.from_numpy(a)), m.quantize(torch.from_numpy(b)))
