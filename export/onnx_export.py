@@ -274,6 +274,11 @@ def export_model(
         notes.append(f"offline optimisation: {nodes_traced} -> {len(optimised.graph.node)} nodes")
     if fp16:
         proto, meta = convert_to_fp16(proto, meta)
+    import onnxruntime
+
+    # For diagnosing version skew later: what made this file.
+    meta.extra["exported_with"] = {"torch": torch.__version__, "onnx": onnx.__version__,
+                                   "onnxruntime": onnxruntime.__version__, "opset": opset}
     proto.producer_name = "neuralinst"
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
