@@ -380,6 +380,9 @@ class Trainer:
         if resume_from is not None:
             self.ckpt_dir, self.info = resume_from
             config = apply_overrides(config_from_dict(self.info["config"]), args.set)
+            if args.config != config.name and self.dist.main:
+                print(f"neuralinst train: resuming with the run's own config {config.name!r} "
+                      f"(not {args.config!r}).", file=sys.stderr)
         else:
             self.ckpt_dir, self.info = None, {}
             config = get_config(args.config, args.set)
