@@ -229,3 +229,16 @@ def test_native_runtime_batch_of_two_equals_onnx(workdir):
     a, b = onnx_rt.generate_batch(10 * m.block_size), native_rt.generate_batch(10 * m.block_size)
     assert a.shape == b.shape == (2, 1, 320)
     assert np.array_equal(m.quantize(torch.from_numpy(a)), m.quantize(torch.from_numpy(b)))
+
+
+def test_out_of_range_state_and_bad_buffers_are_contained(workdir):
+    m = make("samplernn-tiny")
+    net = native_for(m, workdir, "guard")
+    state = net.initial_state(1)
+    state["samples"][:] = [1e9, -5.0, float("nan")] * 10 + [3.0, 255.0]  # garbage from outside: clamped, no crash
+    audio, new = net.step({"temperature": np.ones(1, np.float32), "noise": np.full((1, 32), 0.5, np.float32)}, state)
+    assert np.isfinite(audio).all() and 0 <= new["samples"].min() and new["samples"].max() <= 255
+    with pytest.raises(ValueError):
+        net.generate_frame(1.0, np.zeros(32, np.float64), np.zeros(32, np.float32))
+    with pytest.raises(ValueError):
+        net.generate_frame(1.0, np.zeros(32, np.float32), np.zeros(16, np.float32))

@@ -106,6 +106,7 @@ static void sample_level(run_ctx *r, const float *cond) {
     int level;
     if (r->forced) {
         level = r->forced[r->t];
+        level = level < 0 ? 0 : (level >= q ? q - 1 : level);
     } else {
         float mx = -INFINITY;
         for (int k = 0; k < q; k++) { lg[k] *= r->inv_t; mx = lg[k] > mx ? lg[k] : mx; }
@@ -193,7 +194,10 @@ int srnn_frame(const srnn_model *m, float *h, float *c, float *samples, const fl
     r.gi = p; p += 4 * d; r.gh = p; p += 4 * d; r.a = p; p += d; r.b = p; p += d;
     r.logits = p; p += m->q;
     r.hist = (int *)p; /* 2 * top ints fit in 2 * top floats */
-    for (int k = 0; k < top; k++) r.hist[k] = (int)samples[k];
+    for (int k = 0; k < top; k++) { /* a state from outside is clamped: a bad level must never index memory */
+        float v = samples[k];
+        r.hist[k] = v >= 0.f ? (v <= (float)(m->q - 1) ? (int)v : m->q - 1) : 0;
+    }
     r.n = top;
     run_tier(&r, m->n_tiers - 1, NULL);
     for (int k = 0; k < top; k++) {

@@ -207,6 +207,8 @@ class NativeSampleRNN:
     def step(self, controls: dict[str, np.ndarray], state: dict[str, np.ndarray]):
         """audio [B, 1, block], next state: one top-tier frame per stream (the input state is not modified)."""
         noise = np.ascontiguousarray(controls["noise"], np.float32)
+        if noise.ndim != 2 or noise.shape[1] != self.block_size:
+            raise ValueError(f"noise must be [batch, {self.block_size}], got {list(noise.shape)}")
         batch = noise.shape[0]
         temperature = np.broadcast_to(np.asarray(controls.get("temperature", 1.0), np.float32), (batch,))
         new = {k: np.array(v, np.float32, copy=True) for k, v in state.items()}
@@ -220,6 +222,8 @@ class NativeSampleRNN:
     def step_teacher_forced(self, levels: np.ndarray, state: dict[str, np.ndarray]):
         """Feed given levels [B, block] instead of sampling: logits [B, block, q] and the next state."""
         levels = np.ascontiguousarray(levels, np.int32)
+        if levels.ndim != 2 or levels.shape[1] != self.block_size:
+            raise ValueError(f"levels must be [batch, {self.block_size}], got {list(levels.shape)}")
         batch, q = levels.shape[0], self._m.q
         new = {k: np.array(v, np.float32, copy=True) for k, v in state.items()}
         logits = np.zeros((batch, self.block_size, q), np.float32)
@@ -242,6 +246,9 @@ class NativeSampleRNN:
 
     def generate_frame(self, temperature: float, noise: np.ndarray, out: np.ndarray) -> None:
         """Write one frame of audio into `out` (float32 [block], C-contiguous); noise: float32 [block] in [0, 1)."""
+        for a in (noise, out):  # the C loop reads and writes raw memory: refuse anything of the wrong layout
+            if a.dtype != np.float32 or a.shape != (self.block_size,) or not a.flags.c_contiguous:
+                raise ValueError(f"noise and out must be C-contiguous float32 [{self.block_size}]")
         self._call(self.HOT, temperature, noise, None, None, out)
 
     @property
