@@ -140,6 +140,23 @@ def test_nan_and_exploding_losses_roll_back_and_the_run_completes(data, tmp_path
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_run_that_only_explodes_gives_up_with_one_sentence(data, tmp_path):
+    trainer = make_trainer(data / "chunks", tmp_path / "run", "--steps", 10, "--max-rollbacks", 3,
+                           "--set", "sample_seconds=0")
+    real = trainer.model.losses
+
+    def always_nan(x, state=None):
+        metrics, state = real(x, state)
+        metrics["loss"] = metrics["loss"] * float("nan")
+        return metrics, state
+
+    trainer.model.losses = always_nan
+    with pytest.raises(train_mod.UserError) as e:
+        trainer.fit()
+    assert "exploded 3 times after step 0" in str(e.value)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
 def test_sigterm_checkpoints_and_exits_cleanly(data, tmp_path):
     run = tmp_path / "run"
     cmd = [PY, "-m", "neuralinst", "train", "vrnn-tiny", "--data", str(data / "chunks"), "--out", str(run),

@@ -471,7 +471,7 @@ class Trainer:
 
         args, target = self.args, self.args.steps
         self.model.train()
-        self.guard.take(self.step, self.model, self.objective.optimizers)
+        self.take_snapshot()
         window: list[Metrics] = []
         # on a terminal the bar redraws; in a log file (an overnight `nohup`) it writes a line a minute
         tty = sys.stderr.isatty()
@@ -486,7 +486,6 @@ class Trainer:
                     self.rollback(metrics.get("loss"), bar)
                     window = []
                     continue
-                self.rollbacks_in_a_row = 0
                 self.step += 1
                 bar.update(1)
                 window.append(metrics)
@@ -497,7 +496,7 @@ class Trainer:
                 if self.step % self.every == 0 or self.step == target:
                     self.checkpoint(bar)
                 elif self.step % args.snapshot_every == 0:
-                    self.guard.take(self.step, self.model, self.objective.optimizers)
+                    self.take_snapshot()
                 if self.dist.any(stop.requested):
                     break
             if window:
@@ -522,8 +521,10 @@ class Trainer:
     def rollback(self, loss: float | None, bar) -> None:
         self.rollbacks_in_a_row += 1
         if self.rollbacks_in_a_row > self.args.max_rollbacks:
-            raise UserError(f"the loss exploded {self.rollbacks_in_a_row - 1} times in a row even after lowering the "
-                            f"learning rate; the last good checkpoint is in {self.out}; check the data or the config.")
+            since = self.guard.snapshot["step"]
+            raise UserError(f"the loss exploded {self.rollbacks_in_a_row - 1} times after step {since} even with the "
+                            f"learning rate lowered each time; the last good checkpoint is in {self.out}; check the "
+                            f"data or the config.")
         back_to = self.guard.restore(self.model, self.objective.optimizers)
         lrs = []
         for opt in self.objective.optimizers.values():
@@ -569,8 +570,13 @@ class Trainer:
                 shown = valid.get("bits_per_sample", valid["loss"])
                 bar.write(f"step {self.step}: valid {'bits/sample' if 'bits_per_sample' in valid else 'loss'} "
                           f"{shown:.4g}; checkpoint saved.", file=sys.stderr)
-        self.guard.take(self.step, self.model, self.objective.optimizers)
+        self.take_snapshot()
         self.dist.barrier()
+
+    def take_snapshot(self) -> None:
+        """A new rollback point: the run has got past the old one, so the count of failed retries starts over."""
+        self.guard.take(self.step, self.model, self.objective.optimizers)
+        self.rollbacks_in_a_row = 0
 
     def render_sample(self, bar) -> None:
         seconds = float(getattr(self.config, "sample_seconds", 0) or 0)
