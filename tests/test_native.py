@@ -242,3 +242,22 @@ def test_out_of_range_state_and_bad_buffers_are_contained(workdir):
         net.generate_frame(1.0, np.zeros(32, np.float64), np.zeros(32, np.float32))
     with pytest.raises(ValueError):
         net.generate_frame(1.0, np.zeros(32, np.float32), np.zeros(16, np.float32))
+
+
+def test_native_weights_command_reads_a_checkpoint(workdir, capsys):
+    from export.native_weights import main
+    from training.checkpoint import save_checkpoint
+
+    m = make("samplernn-tiny")
+    run = workdir / "run"
+    save_checkpoint(run, 5, m, {}, {"config": m.config_dict()})
+    assert main([str(run), "--out", str(workdir / "from-ckpt.npz")]) == 0
+    net = NativeSampleRNN(workdir / "from-ckpt.npz")
+    direct = native_for(m, workdir, "direct")
+    noise = np.random.default_rng(0).random((1, 32), dtype=np.float32)
+    controls = {"temperature": np.ones(1, np.float32), "noise": noise}
+    a, _ = net.step(controls, net.initial_state(1))
+    b, _ = direct.step(controls, direct.initial_state(1))
+    assert np.array_equal(a, b) and net.meta.extra.get("checkpoint_step") == 5
+    assert main([str(workdir / "nowhere"), "--out", str(workdir / "x.npz")]) != 0  # one sentence, no traceback
+    assert "error:" in capsys.readouterr().err
