@@ -194,9 +194,9 @@ class Likelihood(Objective):
 
     @torch.no_grad()
     def validate(self, batches: list[torch.Tensor]) -> Metrics:
-        rows = []
+        rows, device = [], next(self.model.parameters()).device
         for x in batches:
-            state = None
+            x, state = x.to(device), None
             for piece in self.pieces(x):
                 with self.autocast():
                     metrics, state = self.model.losses(piece, state)
@@ -249,10 +249,10 @@ class Adversarial(Objective):
 
     def validate(self, batches: list[torch.Tensor]) -> Metrics:
         """The critic's loss on held-out real clips (its Wasserstein estimate; the penalty needs autograd)."""
-        rows = []
+        rows, device = [], next(self.model.parameters()).device
         for x in batches:
             with self.autocast():
-                m = self.model.critic_losses(x)
+                m = self.model.critic_losses(x.to(device))
             rows.append({k: v.detach().float() for k, v in m.items()})
         for p in self.model.parameters():
             p.grad = None
@@ -405,7 +405,7 @@ class Trainer:
         self.length = self.training_length()
         self.batches = Batches(load_split(args.data, "train"), self.length, config.batch_size, config.channels,
                                seed=args.seed, rank=self.dist.rank, world=self.dist.world)
-        self.valid = [torch.from_numpy(b).to(self.device) for b in fixed_batches(
+        self.valid = [torch.from_numpy(b) for b in fixed_batches(  # kept on the CPU: moved one batch at a time
             load_split(args.data, "valid"), self.length, config.batch_size, config.channels, args.valid_batches)]
         self.every = args.checkpoint_every or config.checkpoint_every
         self.guard = Guard(args.spike_factor)
