@@ -102,6 +102,19 @@ def test_resamples_and_keeps_stereo(tmp_path, piano):
     assert np.asarray(load_split(tmp_path / "mono", "train")).shape[1] == 1  # downmixed by default
 
 
+def test_decodes_a_folder_of_mixed_formats(tmp_path, piano):
+    src = tmp_path / "album" / "disc 1"
+    src.mkdir(parents=True)
+    sf.write(src / "a.mp3", piano, SR, format="MP3")
+    sf.write(src / "b.ogg", piano[: 6 * SR], SR, format="OGG", subtype="VORBIS")
+    sf.write(src / "c.wav", piano[: 4 * SR], 48000 // 3, subtype="PCM_24")
+    assert prepare(tmp_path / "album", "--out", tmp_path / "ds", "--kind", "vrnn") == 0
+    m = read_manifest(tmp_path / "ds")
+    assert [s["path"].rsplit("/", 1)[-1] for s in m["sources"]] == ["a.mp3", "b.ogg", "c.wav"]
+    assert m["kept_seconds"] == pytest.approx(18.0, abs=0.1)
+    assert sum(v["chunks"] for v in m["splits"].values()) == 36  # 0.5 s chunks, one per segment on this little data
+
+
 def test_bad_files_are_skipped_by_name(tmp_path, fixtures_dir, capsys):
     src = tmp_path / "in"
     src.mkdir()
