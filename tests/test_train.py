@@ -71,8 +71,13 @@ def test_tiny_model_learns_real_audio(kind, data, tmp_path):
         audio, sr = sf.read(run / "samples" / f"step_{step}.wav")
         assert sr == 16000 and len(audio) > 0 and np.isfinite(audio).all()
     assert (run / "loss.png").stat().st_size > 10_000
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "latest", f"step_{every:08d}", f"step_{steps:08d}"]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["latest", f"step_{every:08d}", f"step_{steps:08d}"] or names == [
+        "best", "latest", f"step_{every:08d}", f"step_{steps:08d}"]
+    if kind != "wavegan":  # the lowest validation loss is pointed at by `best`
+        valid = info["history"]["valid"]
+        best = min(valid, key=lambda r: r["loss"])["step"]
+        assert ckpt.resolve(run / "checkpoints" / "best").name == ckpt.step_dir_name(best)
     # what export/ calls: the model comes back with the trained weights
     model, loaded = ckpt.load_model(run)
     assert loaded["step"] == steps and model.config.name == name and not model.training
@@ -193,3 +198,24 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     b0 = train_mod.Batches(np.zeros((14, 1, 8000), np.int16), 8000, 4, 1, rank=0, world=2)
     b1 = train_mod.Batches(np.zeros((14, 1, 8000), np.int16), 8000, 4, 1, rank=1, world=2)
     assert not set(b0.indices(0)) & set(b1.indices(0))
+
+
+def test_pruning_keeps_the_newest_and_the_best(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    for step, best in ((1, False), (2, True), (3, False), (4, False)):
+        ckpt.save_checkpoint(tmp_path, step, model, {"model": opt}, {"config": {}}, keep=2, best=best)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["best", "latest", "step_00000002", "step_00000003",
+                                                      "step_00000004"]
+    assert ckpt.resolve(tmp_path).name == "step_00000004"
+    assert ckpt.resolve(root / "best").name == "step_00000002"
+    # optimiser state round-trips without pickle
+    fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    folder, info = ckpt.read_checkpoint(tmp_path)
+    ckpt.load_optimizers({"model": fresh}, folder, info)
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert all(torch.equal(a["state"][0][k], b["state"][0][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+    assert b["param_groups"][0]["betas"] == list(a["param_groups"][0]["betas"])

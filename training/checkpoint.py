@@ -5,6 +5,7 @@
                                   state.json          config, step, RNG states (as lists), data summary, losses,
                                                       the optimisers' non-tensor state (param groups: lr, betas...)
     RUN/checkpoints/latest                            the name of the newest complete checkpoint
+    RUN/checkpoints/best                              the one with the lowest validation loss (kept when pruning)
 
 A checkpoint is written to a temporary folder and renamed into place, so a run killed mid-write leaves the
 previous one intact. `load_model(path)` is what export/ calls.
@@ -25,6 +26,7 @@ from instrument.errors import UserError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+BEST = "best"  # the checkpoint with the lowest validation loss (likelihood models)
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optim.safetensors"
 STATE_FILE = "state.json"
@@ -79,8 +81,10 @@ def join_optimizer_state(name: str, tensors: dict[str, torch.Tensor], rest: dict
 
 # --- writing and reading -----------------------------------------------------------------------------------------
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
-                    optimizers: dict[str, torch.optim.Optimizer], info: dict[str, Any], keep: int = 0) -> Path:
-    """Write RUN/checkpoints/step_N atomically, point `latest` at it, keep only the newest `keep` (0 = all)."""
+                    optimizers: dict[str, torch.optim.Optimizer], info: dict[str, Any], keep: int = 0,
+                    best: bool = False) -> Path:
+    """Write RUN/checkpoints/step_N atomically, point `latest` (and, if `best`, `best`) at it, and keep only the
+    newest `keep` (0 = all) plus the one `best` names: a run that "unlearns" overnight keeps its best state."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -98,12 +102,15 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module,
     (tmp / STATE_FILE).write_text(json.dumps({**info, "step": step, "optimizers": optim_rest}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    latest_tmp = root / (LATEST + ".tmp")
-    latest_tmp.write_text(final.name + "\n")
-    os.replace(latest_tmp, root / LATEST)
+    for pointer in (LATEST, BEST) if best else (LATEST,):
+        tmp_pointer = root / (pointer + ".tmp")
+        tmp_pointer.write_text(final.name + "\n")
+        os.replace(tmp_pointer, root / pointer)
     if keep > 0:
+        protected = (root / BEST).read_text().strip() if (root / BEST).is_file() else None
         for old in sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name != protected:
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -119,10 +126,16 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint folder from a run folder (its latest checkpoint), a checkpoints folder, or itself."""
+    """A checkpoint folder from a run folder (its latest checkpoint), a checkpoints folder, a pointer file
+    (RUN/checkpoints/best or latest), or itself."""
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
+    if path.is_file() and path.name in (LATEST, BEST):
+        target = path.parent / path.read_text().strip()
+        if (target / STATE_FILE).is_file():
+            return target
+        raise UserError(f"{path} names {target.name}, which is missing or incomplete.")
     for root in (path / CHECKPOINTS, path):
         latest = root / LATEST
         if latest.is_file():

@@ -563,7 +563,7 @@ class Trainer:
                 "time": time.time(),
             }
             ckpt.save_checkpoint(self.out, self.step, self.model, self.objective.optimizers, info,
-                                 keep=self.args.keep_checkpoints)
+                                 keep=self.args.keep_checkpoints, best=self.is_best(valid))
             self.render_sample(bar)
             plot_losses(self.history, self.out / "loss.png", self.config.name)
             if valid:
@@ -572,6 +572,13 @@ class Trainer:
                           f"{shown:.4g}; checkpoint saved.", file=sys.stderr)
         self.take_snapshot()
         self.dist.barrier()
+
+    def is_best(self, valid: Metrics) -> bool:
+        """The lowest validation loss so far (likelihood models only: a critic's loss does not rank generators)."""
+        if not valid or isinstance(self.objective, Adversarial) or not math.isfinite(valid["loss"]):
+            return False
+        earlier = [r["loss"] for r in self.history["valid"][:-1] if math.isfinite(r["loss"])]
+        return not earlier or valid["loss"] < min(earlier)
 
     def take_snapshot(self) -> None:
         """A new rollback point: the run has got past the old one, so the count of failed retries starts over."""
