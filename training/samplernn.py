@@ -86,13 +86,15 @@ CONFIGS: dict[str, SampleRNNConfig] = {
         name="samplernn-dadabots", frame_sizes=(16,), n_rnn=5, rnn="lstm", embedding_size=256,
         mlp_hidden_layers=2, skip_connections=True, weight_norm=True, learn_h0=False, h0_random_std=0.5,
     ),
-    # Sized for the native sample loop (instrument/native) at >= 1x real time on ONE core: tiers 16/4, 2 GRUs of
-    # 256 per tier, embedding 256, one hidden MLP layer of 256, q=256 mu-law (finer steps in quiet passages);
-    # 4.2 M parameters, ~235 k multiply-adds per sample (MLP 2 x 65 k, tier-0 upsampling 65 k, GRUs ~30 k).
-    # benchmarks/samplernn_native.py, one pinned core of this 2-core EPYC: native 2.4x real time at load 3,
-    # 1.0x by CPU time at load 7-8 (the weights, ~12 MB, then compete for the shared L3); ONNX graph 0.2-0.8x.
+    # Sized for the native sample loop (instrument/native) at >= 1x real time on ONE core, with margin on a busy
+    # machine: tiers 16/4, one GRU of 256 per tier (deepsound's default n_rnn; the thesis used 3), embedding 256,
+    # one hidden MLP layer of 256, q=256 mu-law (finer steps in quiet passages). 3.4 M parameters, ~235 k
+    # multiply-adds per sample. A second GRU layer per tier adds ~30 k multiply-adds but 2 MB more weights per
+    # frame, which under load fall out of cache: measured on one pinned core of this 2-core EPYC at load 12,
+    # CPU-time median 1.1x real time with 2 layers vs 2.0x with 1 (best 1.6x vs 2.5x). See
+    # benchmarks/results/samplernn_native.json for native vs ONNX vs torch.
     "samplernn-live": SampleRNNConfig(
-        name="samplernn-live", frame_sizes=(16, 4), n_rnn=2, dim=256, quantization="mu-law", batch_size=64,
+        name="samplernn-live", frame_sizes=(16, 4), n_rnn=1, dim=256, quantization="mu-law", batch_size=64,
     ),
     # Seconds on a CPU, for tests: three frame tiers (8, 2, 2 -> 32-sample top frames), tiny widths.
     "samplernn-tiny": SampleRNNConfig(
