@@ -261,7 +261,11 @@ def _check_external_data(path: Path, locations: list[str]) -> None:
 
 def read_model_file(path: str | os.PathLike) -> tuple[bytes, ModelMeta]:
     """Read and check a model file up to (not including) onnxruntime; return its bytes and metadata."""
-    p = Path(path)
+    data, meta, _ = _read_and_check(Path(path))
+    return data, meta
+
+
+def _read_and_check(p: Path) -> tuple[bytes, ModelMeta, str]:
     name = p.name or str(p)
     if not p.exists():
         raise UserError(f"{p}: no such model file.")
@@ -293,7 +297,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[bytes, ModelMeta]:
         raise UserError(f"{name}: is corrupt (its contents do not match the seal written at export).")
     meta = ModelMeta.from_json(text, source=name)
     _check_initial_state(meta, name)
-    return data, meta
+    return data, meta, text
 
 
 def _declared_version(text: str) -> int:
@@ -383,7 +387,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
     if not (isinstance(threads, int) and 1 <= threads <= 256):
         raise UserError(f"threads {threads!r} is out of range (1..256).")
     p = Path(path)
-    _, meta = read_model_file(p)
+    _, meta, text = _read_and_check(p)
     total = batch * (meta.channels * meta.block_size + sum(math.prod(s.shape) * 2 for s in meta.state)
                      + sum(math.prod(c.shape) for c in meta.controls))
     if total * 4 > MAX_RUNTIME_BYTES or meta.channels * meta.block_size > MAX_ARRAY_ELEMENTS:
@@ -407,6 +411,10 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
         if device == "cuda":  # onnxruntime fell back silently (CUDA libraries missing): say so instead
             raise UserError(f"{p.name}: CUDA was asked for but onnxruntime could not start it on this machine.")
         kind = "cpu"
+    # onnxruntime's own reading of the metadata must agree with ours (a file that shows two parsers two different
+    # models is hostile).
+    if session.get_modelmeta().custom_metadata_map.get(METADATA_KEY) != text:
+        raise UserError(f"{p.name}: onnxruntime reads different metadata from it than the seal covers; refusing.")
     _check_graph_io(session, meta, p.name)
     return RuntimeModel(session, meta, p, batch=batch, device=kind)
 
