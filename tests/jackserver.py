@@ -23,6 +23,15 @@ def configure_environment(name: str = SERVER_NAME) -> None:
     os.environ.setdefault("PYO_GUI_WX", "0")
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: jackd gets SIGTERM if the test process dies (no orphaned servers)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class JackServer:
     def __init__(self, name: str = SERVER_NAME, rate: int = RATE, period: int = PERIOD):
         self.name, self.rate, self.period = name, rate, period
@@ -35,6 +44,7 @@ class JackServer:
         self.proc = subprocess.Popen(
             [jackd, "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         ok = subprocess.run(["jack_wait", "-w", "-t", "10", "-s", self.name], capture_output=True, text=True)
         if ok.returncode != 0 or self.proc.poll() is not None:
