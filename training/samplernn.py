@@ -304,7 +304,7 @@ class SampleMLP(nn.Module):
     def step(self, prev: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """prev [B, frame_size] int64 levels, cond [B, dim] -> logits [B, q]."""
         tables = self.input_tables()
-        offsets = torch.arange(self.frame_size) * self.q
+        offsets = torch.arange(self.frame_size, device=prev.device) * self.q
         rows = tables.reshape(-1, tables.shape[-1])[prev + offsets]  # [B, fs, dim]
         return self._head(rows.sum(1) + cond)
 
@@ -393,7 +393,7 @@ class Model(StreamingModel):
             out[f"tier{i}.h"] = tier.h0.detach().clone()
             if tier.lstm:
                 out[f"tier{i}.c"] = tier.c0.detach().clone()
-        out["samples"] = torch.full((self.lookback,), float(self.silence_level()))
+        out["samples"] = torch.full((self.lookback,), float(self.silence_level()), device=self.tiers[0].h0.device)
         return out
 
     def stream_meta(self) -> ModelMeta:
@@ -420,7 +420,7 @@ class Model(StreamingModel):
         for k, v in self._initial_values().items():
             v = v.unsqueeze(0).repeat(batch, *([1] * v.dim()))
             if generator is not None and self.config.h0_random_std > 0 and k != "samples":
-                v = v + self.config.h0_random_std * torch.randn(v.shape, generator=generator)
+                v = v + self.config.h0_random_std * torch.randn(v.shape, generator=generator).to(v.device)
             out[k] = v
         return out
 
