@@ -30,35 +30,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subtype", default="PCM_24", help="soundfile subtype (PCM_16, PCM_24, FLOAT)")
 
 
-def resolve_model_path(name_or_path: str) -> Path:
-    """An .onnx path as given, else a preset by name (instrument.presets, when present)."""
+def resolve_model(name_or_path: str) -> tuple[Path, dict[str, float]]:
+    """An .onnx path as given (no defaults), else a preset by name (instrument.presets): its model and defaults."""
     path = Path(name_or_path)
     if path.suffix == ".onnx" or path.exists():
         if path.is_dir() and (path / "model.onnx").is_file():
-            return path / "model.onnx"
-        return path
+            return path / "model.onnx", {}
+        return path, {}
     try:
         from instrument.presets import load_preset
     except ImportError:
         raise UserError(f"{name_or_path}: no such model file (and presets are not available).") from None
-    return Path(load_preset(name_or_path).model_path)
+    preset = load_preset(name_or_path)
+    return Path(preset.model_path), dict(preset.defaults)
 
 
 def render(model: RuntimeModel, seconds: float, seed: int = 0, temperature: float | None = None,
            progress: bool = False) -> np.ndarray:
-    """float32 [C, n] of `seconds` of audio from a fresh reset(seed)."""
+    """float32 [C, n] of `seconds` of audio from a fresh reset(seed).
+
+    Streaming models (state) play one continuous stream. A stateless clip generator (WaveGAN) would repeat one
+    clip for a fixed latent, so each clip gets a new latent drawn uniformly over the control's range from a
+    generator seeded by `seed`."""
     n = int(round(seconds * model.sample_rate))
     if temperature is not None:
         _set_temperature(model, temperature)
     model.reset(seed)
     out = np.empty((model.channels, n), dtype=np.float32)
-    chunk = max(1, int(CHUNK_SECONDS * model.sample_rate))
     bar = _progress_bar(n, progress)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        model.generate(stop - start, out=out[:, start:stop])
-        if bar is not None:
-            bar.update(stop - start)
+    latents = model.meta.controls_with_role("latent") if not model.meta.state else []
+    if latents:
+        rng = np.random.default_rng([seed, 1])  # apart from the runtime's own noise stream
+        for start in range(0, n, model.block_size):
+            for c in latents:
+                model.set_control(c.name, rng.uniform(c.minimum, c.maximum, size=c.shape))
+            clip = model.step()[0]
+            take = min(model.block_size, n - start)
+            out[:, start:start + take] = clip[:, :take]
+            if bar is not None:
+                bar.update(take)
+    else:
+        chunk = max(1, int(CHUNK_SECONDS * model.sample_rate))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            model.generate(stop - start, out=out[:, start:stop])
+            if bar is not None:
+                bar.update(stop - start)
     if bar is not None:
         bar.close()
     return out
@@ -91,9 +108,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".wav", ".flac"):
         raise UserError(f"--out {out} should end in .wav or .flac.")
-    model = load_model(resolve_model_path(args.model), device=args.device, threads=args.threads)
+    path, defaults = resolve_model(args.model)
+    model = load_model(path, device=args.device, threads=args.threads)
+    temperature = args.temperature
+    if temperature is None and "temperature" in defaults and model.meta.controls_with_role("temperature"):
+        temperature = float(defaults["temperature"])  # the preset's sound, as `neuralinst play` starts it
     start = time.perf_counter()
-    audio = render(model, args.seconds, seed=args.seed, temperature=args.temperature, progress=True)
+    audio = render(model, args.seconds, seed=args.seed, temperature=temperature, progress=True)
     elapsed = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -131,11 +131,11 @@ def test_threads_batch_and_device_are_checked(gru_path):
             load_model(gru_path, device="cuda")
 
 
-def _render(model_path, out, *extra):
+def _render(model_path, out, *extra, env=None):
     return subprocess.run(
         [sys.executable, "-m", "neuralinst", "render", "--model", str(model_path), "--seconds", "0.5",
          "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=env,
     )
 
 
@@ -212,3 +212,34 @@ def test_a_blown_up_model_recovers_instead_of_going_silent(tmp_path):
     assert np.isfinite(audio).all()
     assert model.recoveries >= 1
     assert np.abs(audio).max() == 0.5  # it plays again after the restart
+
+
+def test_render_of_a_clip_generator_draws_a_latent_per_clip(generator_path):
+    from instrument.render import render
+
+    model = load_model(generator_path, device="cpu")
+    audio = render(model, seconds=64 * 4 / 16000, seed=3)
+    clips = audio.reshape(2, 4, 64)
+    assert np.abs(clips[:, 0] - clips[:, 1]).max() > 1e-3  # not one clip repeated
+    np.testing.assert_array_equal(render(model, seconds=64 * 4 / 16000, seed=3), audio)
+
+
+def test_render_by_preset_name_plays_the_preset_defaults(tmp_path):
+    import os
+    import shutil
+
+    torch.manual_seed(0)
+    path = export_model(ToyQuantised(), tmp_path / "q.onnx").path
+    folder = tmp_path / "shipped" / "toy-q"
+    folder.mkdir(parents=True)
+    shutil.copy(path, folder / "model.onnx")
+    (folder / "preset.toml").write_text('kind = "samplernn"\nmode = "stream"\n[defaults]\ntemperature = 0.5\n')
+    env = dict(os.environ, NEURALINST_SHIPPED_PRESETS=str(tmp_path / "shipped"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    by_name = _render("toy-q", tmp_path / "name.wav", env=env)
+    assert by_name.returncode == 0, by_name.stderr
+    by_path = _render(path, tmp_path / "path.wav", "--temperature", "0.5")
+    plain = _render(path, tmp_path / "plain.wav")
+    assert (tmp_path / "name.wav").read_bytes() == (tmp_path / "path.wav").read_bytes()
+    assert (tmp_path / "name.wav").read_bytes() != (tmp_path / "plain.wav").read_bytes()
+    assert by_path.returncode == plain.returncode == 0
