@@ -1,7 +1,11 @@
 """SampleRNN generation speed on ONE core: the native C loop vs the ONNX graph vs torch eager, same weights.
 
     neuralinst bench native [--configs samplernn-live,samplernn-tiny] [--seconds 2] [--rounds 3] [--quick]
+                            [--executors native,onnx,torch]
     python -m benchmarks.samplernn_native ...
+
+(`--configs samplernn-paper --executors native,torch` measures the thesis-sized model without the minutes-long
+ONNX export of its 64 M parameters.)
 
 Every executor generates one top-tier frame per call with its state fed back, batch 1, one thread, the process
 pinned to one core (os.sched_setaffinity). Rounds alternate between executors so a noisy machine slows all of them
@@ -31,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--quick", action="store_true", help="a short run")
     p.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
+    p.add_argument("--executors", default="native,onnx,torch", help="which executors to time (default: all three)")
     p.add_argument("--name", default="samplernn_native", help="result file name under benchmarks/results/")
 
 
@@ -64,7 +69,8 @@ def _time_torch(model, calls: int, generator) -> tuple[float, float]:
         return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure_config(name: str, seconds: float, rounds: int, workdir: Path) -> dict:
+def measure_config(name: str, seconds: float, rounds: int, workdir: Path,
+                   executors: tuple[str, ...] = ("native", "onnx", "torch")) -> dict:
     import torch
 
     from export.native_weights import write_native_weights
@@ -75,10 +81,12 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path) -> dic
 
     torch.manual_seed(0)
     model = build_model(get_config(name)).eval()
-    export_model(model, workdir / f"{name}.onnx")
+    runtime = None
+    if "onnx" in executors:
+        export_model(model, workdir / f"{name}.onnx")
+        runtime = load_model(workdir / f"{name}.onnx", device="cpu", threads=1, batch=1)
+        runtime.reset(0)
     write_native_weights(model, workdir / f"{name}.npz")
-    runtime = load_model(workdir / f"{name}.onnx", device="cpu", threads=1, batch=1)
-    runtime.reset(0)
     net = NativeSampleRNN(workdir / f"{name}.npz")
     block, sr = net.block_size, net.sample_rate
     native_calls = max(4, int(seconds * sr / block))
@@ -86,8 +94,12 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path) -> dic
     onnx_calls = max(3, native_calls // 8)
     torch_calls = max(2, native_calls // 40)
     rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    _time_native(net, 2, rng), _time_onnx(runtime, 1), _time_torch(model, 1, g)  # warm-up
-    rates = {k: ([], []) for k in ("native", "onnx", "torch")}  # samples/s by (wall clock, CPU time)
+    _time_native(net, 2, rng)  # warm-up
+    if runtime is not None:
+        _time_onnx(runtime, 1)
+    if "torch" in executors:
+        _time_torch(model, 1, g)
+    rates = {k: ([], []) for k in executors}  # samples/s by (wall clock, CPU time)
     per_call = []
 
     def record(kind, samples, times):
@@ -98,8 +110,10 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path) -> dic
         times, pc = _time_native(net, native_calls, rng)
         record("native", native_calls * block, times)
         per_call += pc
-        record("onnx", onnx_calls * block, _time_onnx(runtime, onnx_calls))
-        record("torch", torch_calls * block, _time_torch(model, torch_calls, g))
+        if runtime is not None:
+            record("onnx", onnx_calls * block, _time_onnx(runtime, onnx_calls))
+        if "torch" in executors:
+            record("torch", torch_calls * block, _time_torch(model, torch_calls, g))
     deadline = block / sr
     row = {
         "config": name, "sample_rate": sr, "block_size": block,
@@ -114,7 +128,10 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path) -> dic
         row[f"{kind}_cpu_samples_per_s"] = float(np.median(cpu))
         row[f"{kind}_cpu_rtf"] = float(np.median(cpu)) / sr
         row[f"{kind}_rounds_samples_per_s"] = wall
-    row["native_over_onnx"] = row["native_samples_per_s"] / row["onnx_samples_per_s"]
+    if "onnx" in rates:
+        row["native_over_onnx"] = row["native_samples_per_s"] / row["onnx_samples_per_s"]
+    if "torch" in rates:
+        row["native_over_torch"] = row["native_samples_per_s"] / row["torch_samples_per_s"]
     return row
 
 
@@ -124,23 +141,30 @@ def run(args) -> int:
     core = pin_to_one_core(args.core)
     torch.set_num_threads(1)
     rounds, seconds = (2, 0.5) if args.quick else (args.rounds, args.seconds)
+    executors = tuple(e for e in args.executors.split(",") if e)
+    if "native" not in executors or not set(executors) <= {"native", "onnx", "torch"}:
+        raise SystemExit("--executors: a comma-separated subset of native,onnx,torch that includes native")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [c for c in args.configs.split(",") if c]:
             print(f"measuring {name} ...", flush=True)
-            rows.append(measure_config(name, seconds, rounds, Path(tmp)))
+            rows.append(measure_config(name, seconds, rounds, Path(tmp), executors))
     print(f"\nSampleRNN generation, batch 1, one thread on core {core} (x real time; > 1 is faster than real time)")
+    def cell(r, key, fmt=None):
+        v = r.get(key)
+        return "-" if v is None else (format(v, fmt) if fmt else v)
+
     print_table(
         ["config", "params", "native smp/s", "native xRT", "onnx smp/s", "onnx xRT", "torch smp/s", "torch xRT",
          "native/onnx", "call p50 ms", "call p99 ms", "deadline ms"],
-        [[r["config"], f"{r['parameters'] / 1e6:.2f}M", f"{r['native_samples_per_s']:.0f}", r["native_rtf"],
-          f"{r['onnx_samples_per_s']:.0f}", r["onnx_rtf"], f"{r['torch_samples_per_s']:.0f}", r["torch_rtf"],
-          r["native_over_onnx"], r["native_call_ms"]["p50"], r["native_call_ms"]["p99"], r["call_deadline_ms"]]
-         for r in rows],
+        [[r["config"], f"{r['parameters'] / 1e6:.2f}M", cell(r, "native_samples_per_s", ".0f"), r["native_rtf"],
+          cell(r, "onnx_samples_per_s", ".0f"), cell(r, "onnx_rtf"), cell(r, "torch_samples_per_s", ".0f"),
+          cell(r, "torch_rtf"), cell(r, "native_over_onnx"), r["native_call_ms"]["p50"], r["native_call_ms"]["p99"],
+          r["call_deadline_ms"]] for r in rows],
     )
     print(f"\nThe same by CPU time (an estimate for a dedicated core; load average {os.getloadavg()[0]:.1f})")
     print_table(["config", "native xRT", "onnx xRT", "torch xRT"],
-                [[r["config"], r["native_cpu_rtf"], r["onnx_cpu_rtf"], r["torch_cpu_rtf"]] for r in rows])
+                [[r["config"], r["native_cpu_rtf"], cell(r, "onnx_cpu_rtf"), cell(r, "torch_cpu_rtf")] for r in rows])
     path = write_result(args.name, {"core": core, "rows": rows})
     print(f"\nwritten: {path}")
     return 0
