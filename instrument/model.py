@@ -434,7 +434,6 @@ class RuntimeModel:
         self.device = device
         self._session = session
         float_dtype = np.float16 if meta.precision == "float16" else np.float32
-        self._OrtValue = ort.OrtValue
 
         # Controls: numpy arrays whose memory the bindings read on every call (mutated in place, never rebound).
         self._controls: dict[str, np.ndarray] = {}
