@@ -261,3 +261,20 @@ def test_verify_catches_a_control_baked_in_by_tracing(tmp_path):
     honest.load_state_dict(baked.state_dict())
     report = verify_export(honest, path, calls=10)
     assert not report.passed
+
+
+def test_dadabots_style_samplernn_parity(tmp_path):
+    """Dadabots' variant on a tiny scale: one LSTM frame tier, skip connections, weight norm, randomised h0 (the
+    runtime seeds it; torch starts from the runtime's state)."""
+    import dataclasses
+
+    from training.samplernn import CONFIGS, Model
+
+    config = dataclasses.replace(CONFIGS["samplernn-tiny"], frame_sizes=(8,), rnn="lstm", skip_connections=True,
+                                 weight_norm=True, learn_h0=False, h0_random_std=0.5, quantization="linear")
+    torch.manual_seed(0)
+    model = Model(config)
+    result = export_model(model, tmp_path / "dadabots.onnx")
+    assert result.meta.extra["initial_state_noise_std"]
+    report = verify_export(model, result.path, calls=CALLS)
+    assert report.passed, report.summary()
