@@ -1,12 +1,14 @@
 """SampleRNN generation speed on ONE core: the native C loop vs the ONNX graph vs torch eager, same weights.
 
     neuralinst bench native [--configs samplernn-live,samplernn-tiny] [--seconds 2] [--rounds 3] [--quick]
-                            [--executors native,onnx,torch]
+                            [--executors native,native16,onnx,torch]
     python -m benchmarks.samplernn_native ...
 
 (`--configs samplernn-paper --executors native,torch` measures the thesis-sized model without the minutes-long
 ONNX export of its 64 M parameters.)
 
+Executors: `native` (the C loop, float32 weights), `native16` (the same with float16 matrices, from the model
+rounded by round_weights_to_half_), `onnx` (the exported graph through instrument.model), `torch` (eager `step`).
 Every executor generates one top-tier frame per call with its state fed back, batch 1, one thread, the process
 pinned to one core (os.sched_setaffinity). Rounds alternate between executors so a noisy machine slows all of them
 alike. Random seeded weights (speed does not depend on training). Figures: samples/s and x real time (> 1 is
@@ -35,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--quick", action="store_true", help="a short run")
     p.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
-    p.add_argument("--executors", default="native,onnx,torch", help="which executors to time (default: all three)")
+    p.add_argument("--executors", default="native,native16,onnx,torch", help="which executors to time (default: all)")
     p.add_argument("--name", default="samplernn_native", help="result file name under benchmarks/results/")
 
 
@@ -70,7 +72,7 @@ def _time_torch(model, calls: int, generator) -> tuple[float, float]:
 
 
 def measure_config(name: str, seconds: float, rounds: int, workdir: Path,
-                   executors: tuple[str, ...] = ("native", "onnx", "torch")) -> dict:
+                   executors: tuple[str, ...] = ("native", "native16", "onnx", "torch")) -> dict:
     import torch
 
     from export.native_weights import write_native_weights
@@ -88,6 +90,12 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path,
         runtime.reset(0)
     write_native_weights(model, workdir / f"{name}.npz")
     net = NativeSampleRNN(workdir / f"{name}.npz")
+    net16 = None
+    if "native16" in executors:
+        rounded = build_model(get_config(name)).eval()  # a twin (deepcopy and weight norm's parametrisations
+        rounded.load_state_dict(model.state_dict())  # do not mix), then rounded
+        rounded.round_weights_to_half_()
+        net16 = NativeSampleRNN(write_native_weights(rounded, workdir / f"{name}-f16.npz", half=True))
     block, sr = net.block_size, net.sample_rate
     native_calls = max(4, int(seconds * sr / block))
     # the slower executors get less audio per round so a round stays a few seconds; rates are per sample anyway
@@ -95,6 +103,8 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path,
     torch_calls = max(2, native_calls // 40)
     rng, g = np.random.default_rng(0), torch.Generator().manual_seed(0)
     _time_native(net, 2, rng)  # warm-up
+    if net16 is not None:
+        _time_native(net16, 2, rng)
     if runtime is not None:
         _time_onnx(runtime, 1)
     if "torch" in executors:
@@ -110,6 +120,9 @@ def measure_config(name: str, seconds: float, rounds: int, workdir: Path,
         times, pc = _time_native(net, native_calls, rng)
         record("native", native_calls * block, times)
         per_call += pc
+        if net16 is not None:
+            times, _ = _time_native(net16, native_calls, rng)
+            record("native16", native_calls * block, times)
         if runtime is not None:
             record("onnx", onnx_calls * block, _time_onnx(runtime, onnx_calls))
         if "torch" in executors:
@@ -142,8 +155,8 @@ def run(args) -> int:
     torch.set_num_threads(1)
     rounds, seconds = (2, 0.5) if args.quick else (args.rounds, args.seconds)
     executors = tuple(e for e in args.executors.split(",") if e)
-    if "native" not in executors or not set(executors) <= {"native", "onnx", "torch"}:
-        raise SystemExit("--executors: a comma-separated subset of native,onnx,torch that includes native")
+    if "native" not in executors or not set(executors) <= {"native", "native16", "onnx", "torch"}:
+        raise SystemExit("--executors: a comma-separated subset of native,native16,onnx,torch with native")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [c for c in args.configs.split(",") if c]:
@@ -155,16 +168,17 @@ def run(args) -> int:
         return "-" if v is None else (format(v, fmt) if fmt else v)
 
     print_table(
-        ["config", "params", "native smp/s", "native xRT", "onnx smp/s", "onnx xRT", "torch smp/s", "torch xRT",
-         "native/onnx", "call p50 ms", "call p99 ms", "deadline ms"],
+        ["config", "params", "native smp/s", "native xRT", "native16 xRT", "onnx smp/s", "onnx xRT", "torch smp/s",
+         "torch xRT", "native/onnx", "call p50 ms", "call p99 ms", "deadline ms"],
         [[r["config"], f"{r['parameters'] / 1e6:.2f}M", cell(r, "native_samples_per_s", ".0f"), r["native_rtf"],
-          cell(r, "onnx_samples_per_s", ".0f"), cell(r, "onnx_rtf"), cell(r, "torch_samples_per_s", ".0f"),
-          cell(r, "torch_rtf"), cell(r, "native_over_onnx"), r["native_call_ms"]["p50"], r["native_call_ms"]["p99"],
-          r["call_deadline_ms"]] for r in rows],
+          cell(r, "native16_rtf"), cell(r, "onnx_samples_per_s", ".0f"), cell(r, "onnx_rtf"),
+          cell(r, "torch_samples_per_s", ".0f"), cell(r, "torch_rtf"), cell(r, "native_over_onnx"),
+          r["native_call_ms"]["p50"], r["native_call_ms"]["p99"], r["call_deadline_ms"]] for r in rows],
     )
     print(f"\nThe same by CPU time (an estimate for a dedicated core; load average {os.getloadavg()[0]:.1f})")
-    print_table(["config", "native xRT", "onnx xRT", "torch xRT"],
-                [[r["config"], r["native_cpu_rtf"], cell(r, "onnx_cpu_rtf"), cell(r, "torch_cpu_rtf")] for r in rows])
+    print_table(["config", "native xRT", "native16 xRT", "onnx xRT", "torch xRT"],
+                [[r["config"], r["native_cpu_rtf"], cell(r, "native16_cpu_rtf"), cell(r, "onnx_cpu_rtf"),
+                  cell(r, "torch_cpu_rtf")] for r in rows])
     path = write_result(args.name, {"core": core, "rows": rows})
     print(f"\nwritten: {path}")
     return 0

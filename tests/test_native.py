@@ -261,3 +261,24 @@ def test_native_weights_command_reads_a_checkpoint(workdir, capsys):
     assert np.array_equal(a, b) and net.meta.extra.get("checkpoint_step") == 5
     assert main([str(workdir / "nowhere"), "--out", str(workdir / "x.npz")]) != 0  # one sentence, no traceback
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,overrides,calls", [
+    ("samplernn-tiny", {}, 210),  # dim 32: the F16C path
+    ("samplernn-tiny", dict(dim=36), 30),  # dim 36 (not a multiple of 8): the portable conversion
+    ("samplernn-tiny", LSTM_SKIP, 30),
+])
+def test_float16_weights_play_what_the_rounded_torch_model_plays(name, overrides, calls, workdir):
+    m = make(name, **overrides)
+    with pytest.raises(UserError, match="round_weights_to_half_"):
+        write_native_weights(m, workdir / "unrounded.npz", half=True)
+    with torch.no_grad():
+        x = torch.sin(torch.arange(4 * m.block_size) * 0.05).mul(0.5).reshape(1, 1, -1)
+        before, _, _ = m(x)
+        m.round_weights_to_half_()
+        after, _, _ = m(x)
+    assert (after - before).abs().max() < 1e-2  # rounding moves the logits a little, not the model
+    net = NativeSampleRNN(write_native_weights(m, workdir / f"half-{len(overrides)}-{m.config.dim}.npz", half=True))
+    assert net.half
+    flips, samples = compare_sampling(m, net, calls=calls)
+    assert flips <= 2 and samples == calls * m.block_size

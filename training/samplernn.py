@@ -336,6 +336,36 @@ class Model(StreamingModel):
     def silence_level(self) -> int:
         return int(self.quantize(torch.zeros(1)).item())
 
+    def streamed_matrices(self) -> list[torch.Tensor]:
+        """The weight matrices the native loop reads on every frame or sample (what --half stores as float16)."""
+        out = []
+        for tier in self.tiers:
+            for rnn in tier.rnns:
+                out += [rnn.weight_ih_l0, rnn.weight_hh_l0]
+            out += [skip.weight for skip in tier.skips] + [tier.upsample.weight]
+        return out + [lin.weight for lin in self.mlp.hidden] + [self.mlp.output.weight]
+
+    @torch.no_grad()
+    def round_weights_to_half_(self) -> "Model":
+        """For export with float16 native weights: fold weight normalisation into plain weights, then round every
+        streamed matrix to the nearest float16 value (still stored as float32). The ONNX graph and the native loop
+        exported from the rounded model then compute the same thing. Relative change per weight <= 2^-11.
+        An export-time transform: the module layout no longer matches a training checkpoint. Never call it on a
+        copy.deepcopy of a model still in use: the copies share weight norm's parametrised classes, and removing
+        the parametrisation from one breaks the other (load a second model instead)."""
+        from torch.nn.utils import parametrize
+
+        for module in list(self.modules()):
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations.keys()):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        for w in self.streamed_matrices():
+            if w.abs().max() > 65504:
+                raise ValueError("a weight exceeds the float16 range; this model cannot use float16 weights")
+            w.copy_(w.half().float())
+        self.mlp._tables = None
+        return self
+
     # --- training -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
         """Full sequence, teacher forced. x [B, 1, T] float (T a multiple of the top frame).

@@ -5,17 +5,24 @@
  *     so the first MLP layer costs frame_size row additions instead of a (frame_size x embedding) product;
  *   - every other layer is a matrix-vector product over row-major float32 weights that stay in cache;
  *   - sampling is inverse-CDF on exp(logits / T - max) with the caller's uniform number, as in the torch graph.
+ * Optionally (half = 1) the matrices are stored as IEEE float16 and widened to float32 as they are read (F16C on
+ * x86): half the bytes to stream from cache per sample, the same float32 arithmetic. The weights must then already
+ * be float16 values in the torch model (training/samplernn.py Model.round_weights_to_half_) for the two to agree.
  * No allocation, no locking, no I/O: the caller owns every buffer (weights, state, workspace).
  * Compiled by instrument/native/build.py; loaded with ctypes by instrument/native/samplernn.py.
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#if defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #define SRNN_MAX_TIERS 8
 #define SRNN_MAX_LAYERS 8
 #define SRNN_MAX_HIDDEN 8
-#define SRNN_ABI_VERSION 1
+#define SRNN_ABI_VERSION 2
 
 typedef struct {
     int n_tiers, n_rnn, dim, q, n_hidden, lstm, skip;
@@ -34,6 +41,7 @@ typedef struct {
     const float *out_w, *out_b;                                              /* [q][dim], [q] */
     const float *dequant;                                                    /* [q]: level -> audio */
     const float *frame_in;                                                   /* [q]: level -> frame-tier input */
+    int half; /* 1: w_ih, w_hh, skip_w, up_w, hid_w and out_w point to float16 (uint16) data */
 } srnn_model;
 
 int srnn_abi_version(void) { return SRNN_ABI_VERSION; }
@@ -68,6 +76,65 @@ static inline void matvec(const float *restrict w, const float *restrict x, cons
     }
 }
 
+static inline float half_to_float(uint16_t h) {
+    /* exact IEEE binary16 -> binary32 (the portable path; x86 uses F16C below) */
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { /* subnormal: normalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400u));
+            bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 0x3ffu) << 13;
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
+    else bits = sign | (exp + 127 - 15) << 23 | man << 13;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static void matvec_half(const uint16_t *restrict w, const float *restrict x, const float *restrict b,
+                        float *restrict y, int rows, int cols) {
+    int r = 0;
+#if defined(__F16C__) && defined(__FMA__)
+    if (cols % 8 == 0) {
+        for (; r + 4 <= rows; r += 4) {
+            const uint16_t *w0 = w + (size_t)r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+                   s3 = _mm256_setzero_ps();
+            for (int c = 0; c < cols; c += 8) {
+                __m256 xv = _mm256_loadu_ps(x + c);
+                s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w0 + c))), xv, s0);
+                s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w1 + c))), xv, s1);
+                s2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w2 + c))), xv, s2);
+                s3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w3 + c))), xv, s3);
+            }
+            float t[4][8];
+            _mm256_storeu_ps(t[0], s0); _mm256_storeu_ps(t[1], s1);
+            _mm256_storeu_ps(t[2], s2); _mm256_storeu_ps(t[3], s3);
+            for (int i = 0; i < 4; i++) {
+                float s = 0.f;
+                for (int k = 0; k < 8; k++) s += t[i][k];
+                y[r + i] = s + (b ? b[r + i] : 0.f);
+            }
+        }
+    }
+#endif
+    for (; r < rows; r++) {
+        const uint16_t *wr = w + (size_t)r * cols;
+        float s = 0.f;
+        for (int c = 0; c < cols; c++) s += half_to_float(wr[c]) * x[c];
+        y[r] = s + (b ? b[r] : 0.f);
+    }
+}
+
+/* y = W x + b with W in the model's storage type */
+static inline void mv(const srnn_model *m, const float *w, const float *x, const float *b, float *y, int rows,
+                      int cols) {
+    if (m->half) matvec_half((const uint16_t *)(const void *)w, x, b, y, rows, cols);
+    else matvec(w, x, b, y, rows, cols);
+}
+
 static inline float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
 
 typedef struct {
@@ -97,11 +164,11 @@ static void sample_level(run_ctx *r, const float *cond) {
     }
     for (int j = 0; j < d; j++) a[j] = a[j] > 0.f ? a[j] : 0.f;
     for (int l = 0; l < m->n_hidden; l++) {
-        matvec(m->hid_w[l], a, m->hid_b[l], b, d, d);
+        mv(m, m->hid_w[l], a, m->hid_b[l], b, d, d);
         for (int j = 0; j < d; j++) a[j] = b[j] > 0.f ? b[j] : 0.f;
     }
     float *lg = r->logits;
-    matvec(m->out_w, a, m->out_b, lg, q, d);
+    mv(m, m->out_w, a, m->out_b, lg, q, d);
     if (r->logits_out) memcpy(r->logits_out + (size_t)r->t * q, lg, sizeof(float) * q);
     int level;
     if (r->forced) {
@@ -137,8 +204,8 @@ static void run_tier(run_ctx *r, int i, const float *cond) {
     if (m->skip) memcpy(acc, m->skip_b[i], sizeof(float) * d);
     for (int l = 0; l < m->n_rnn; l++) {
         float *h = r->h + ((size_t)i * m->n_rnn + l) * d;
-        matvec(m->w_ih[i][l], x, m->b_ih[i][l], gi, gates * d, d);
-        matvec(m->w_hh[i][l], h, m->b_hh[i][l], gh, gates * d, d);
+        mv(m, m->w_ih[i][l], x, m->b_ih[i][l], gi, gates * d, d);
+        mv(m, m->w_hh[i][l], h, m->b_hh[i][l], gh, gates * d, d);
         if (m->lstm) {
             float *c = r->c + ((size_t)i * m->n_rnn + l) * d;
             for (int j = 0; j < d; j++) {
@@ -155,14 +222,18 @@ static void run_tier(run_ctx *r, int i, const float *cond) {
             }
         }
         if (m->skip) {
-            matvec(m->skip_w[i][l], h, NULL, r->y, d, d);
+            mv(m, m->skip_w[i][l], h, NULL, r->y, d, d);
             for (int j = 0; j < d; j++) acc[j] += r->y[j];
         }
         memcpy(x, h, sizeof(float) * d);
     }
     const float *out = m->skip ? acc : x;
     float *up = r->up[i];
-    for (int k = 0; k < fs; k++) matvec(m->up_w[i] + (size_t)k * d * d, out, m->up_b[i] + (size_t)k * d, up + (size_t)k * d, d, d);
+    const size_t elem = m->half ? sizeof(uint16_t) : sizeof(float);
+    for (int k = 0; k < fs; k++) {
+        const float *w = (const float *)(const void *)((const char *)m->up_w[i] + (size_t)k * d * d * elem);
+        mv(m, w, out, m->up_b[i] + (size_t)k * d, up + (size_t)k * d, d, d);
+    }
     for (int k = 0; k < fs; k++) {
         if (i > 0) run_tier(r, i - 1, up + (size_t)k * d);
         else sample_level(r, up + (size_t)k * d);

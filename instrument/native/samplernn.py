@@ -28,7 +28,7 @@ from instrument.errors import UserError
 from instrument.meta import ModelMeta
 
 MAX_TIERS, MAX_LAYERS, MAX_HIDDEN = 8, 8, 8
-ABI_VERSION = 1
+ABI_VERSION = 2
 FORMAT_VERSION = 1
 
 _FP = ctypes.POINTER(ctypes.c_float)
@@ -48,6 +48,7 @@ class _Model(ctypes.Structure):
         ("tables", _FP),
         ("hid_w", _FP * MAX_HIDDEN), ("hid_b", _FP * MAX_HIDDEN),
         ("out_w", _FP), ("out_b", _FP), ("dequant", _FP), ("frame_in", _FP),
+        ("half", ctypes.c_int),  # 1: the streamed matrices are float16
     ]
 
 
@@ -101,6 +102,7 @@ class NativeSampleRNN:
         self._keep: list[np.ndarray] = []  # the struct points into these arrays: keep them alive
         self._m = self._describe(arrays, path)
         self.block_size = int(self._m.n_frame_samples[self._m.n_tiers - 1])
+        self.half = bool(self._m.half)
         self.sample_rate = self.meta.sample_rate
         if self.block_size != self.meta.block_size:
             raise UserError(f"{path}: its tiers give {self.block_size}-sample frames, its metadata says "
@@ -119,10 +121,12 @@ class NativeSampleRNN:
         self.reset()
 
     # --- loading --------------------------------------------------------------------------------------------
-    def _array(self, arrays, name, shape, path) -> np.ndarray:
+    def _array(self, arrays, name, shape, path, dtype=np.float32) -> np.ndarray:
         if name not in arrays:
             raise UserError(f"{path}: the native weights lack {name!r}.")
-        a = np.ascontiguousarray(arrays[name], dtype=np.float32)
+        if arrays[name].dtype != dtype:
+            raise UserError(f"{path}: {name!r} is {arrays[name].dtype}, expected {np.dtype(dtype).name}.")
+        a = np.ascontiguousarray(arrays[name])
         if list(a.shape) != list(shape):
             raise UserError(f"{path}: {name!r} has shape {list(a.shape)}, expected {list(shape)}.")
         self._keep.append(a)
@@ -130,7 +134,9 @@ class NativeSampleRNN:
 
     def _describe(self, arrays, path) -> _Model:
         try:
-            n_tiers, n_rnn, dim, q, n_hidden, lstm, skip = (int(v) for v in arrays["header"])
+            header = [int(v) for v in arrays["header"]]
+            n_tiers, n_rnn, dim, q, n_hidden, lstm, skip = header[:7]
+            half = header[7] if len(header) > 7 else 0
             frame_sizes = [int(v) for v in arrays["frame_sizes"]]
             nfs = [int(v) for v in arrays["n_frame_samples"]]
         except (KeyError, ValueError):
@@ -140,7 +146,9 @@ class NativeSampleRNN:
             raise UserError(f"{path}: the native weights header describes an unsupported model.")
         if any(n != int(np.prod(frame_sizes[: i + 1])) for i, n in enumerate(nfs)):
             raise UserError(f"{path}: frame sizes and frame lengths disagree.")
-        m = _Model(n_tiers=n_tiers, n_rnn=n_rnn, dim=dim, q=q, n_hidden=n_hidden, lstm=lstm, skip=skip)
+        m = _Model(n_tiers=n_tiers, n_rnn=n_rnn, dim=dim, q=q, n_hidden=n_hidden, lstm=lstm, skip=skip,
+                   half=int(bool(half)))
+        wt = np.float16 if half else np.float32  # the streamed matrices' storage
         gates = 4 if lstm else 3
         for i in range(n_tiers):
             m.frame_size[i], m.n_frame_samples[i] = frame_sizes[i], nfs[i]
@@ -148,21 +156,21 @@ class NativeSampleRNN:
             m.expand_w[i] = _ptr(self._array(arrays, p + "expand_w", (dim, nfs[i]), path))
             m.expand_b[i] = _ptr(self._array(arrays, p + "expand_b", (dim,), path))
             for l in range(n_rnn):
-                m.w_ih[i][l] = _ptr(self._array(arrays, p + f"w_ih{l}", (gates * dim, dim), path))
+                m.w_ih[i][l] = _ptr(self._array(arrays, p + f"w_ih{l}", (gates * dim, dim), path, wt))
                 m.b_ih[i][l] = _ptr(self._array(arrays, p + f"b_ih{l}", (gates * dim,), path))
-                m.w_hh[i][l] = _ptr(self._array(arrays, p + f"w_hh{l}", (gates * dim, dim), path))
+                m.w_hh[i][l] = _ptr(self._array(arrays, p + f"w_hh{l}", (gates * dim, dim), path, wt))
                 m.b_hh[i][l] = _ptr(self._array(arrays, p + f"b_hh{l}", (gates * dim,), path))
                 if skip:
-                    m.skip_w[i][l] = _ptr(self._array(arrays, p + f"skip_w{l}", (dim, dim), path))
+                    m.skip_w[i][l] = _ptr(self._array(arrays, p + f"skip_w{l}", (dim, dim), path, wt))
             if skip:
                 m.skip_b[i] = _ptr(self._array(arrays, p + "skip_b", (dim,), path))
-            m.up_w[i] = _ptr(self._array(arrays, p + "up_w", (frame_sizes[i], dim, dim), path))
+            m.up_w[i] = _ptr(self._array(arrays, p + "up_w", (frame_sizes[i], dim, dim), path, wt))
             m.up_b[i] = _ptr(self._array(arrays, p + "up_b", (frame_sizes[i], dim), path))
         m.tables = _ptr(self._array(arrays, "mlp.tables", (frame_sizes[0], q, dim), path))
         for l in range(n_hidden):
-            m.hid_w[l] = _ptr(self._array(arrays, f"mlp.hid_w{l}", (dim, dim), path))
+            m.hid_w[l] = _ptr(self._array(arrays, f"mlp.hid_w{l}", (dim, dim), path, wt))
             m.hid_b[l] = _ptr(self._array(arrays, f"mlp.hid_b{l}", (dim,), path))
-        m.out_w = _ptr(self._array(arrays, "mlp.out_w", (q, dim), path))
+        m.out_w = _ptr(self._array(arrays, "mlp.out_w", (q, dim), path, wt))
         m.out_b = _ptr(self._array(arrays, "mlp.out_b", (q,), path))
         m.dequant = _ptr(self._array(arrays, "dequant", (q,), path))
         m.frame_in = _ptr(self._array(arrays, "frame_in", (q,), path))
