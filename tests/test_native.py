@@ -264,7 +264,7 @@ def test_native_weights_command_reads_a_checkpoint(workdir, capsys):
 
 
 @pytest.mark.parametrize("name,overrides,calls", [
-    ("samplernn-tiny", {}, 210),  # dim 32: the F16C path
+    ("samplernn-tiny", {}, 90),  # dim 32: the F16C path
     ("samplernn-tiny", dict(dim=36), 30),  # dim 36 (not a multiple of 8): the portable conversion
     ("samplernn-tiny", LSTM_SKIP, 30),
 ])
