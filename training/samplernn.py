@@ -91,8 +91,9 @@ CONFIGS: dict[str, SampleRNNConfig] = {
     # one hidden MLP layer of 256, q=256 mu-law (finer steps in quiet passages). 3.4 M parameters, ~235 k
     # multiply-adds per sample. A second GRU layer per tier adds ~30 k multiply-adds but 2 MB more weights per
     # frame, which under load fall out of cache: measured on one pinned core of this 2-core EPYC at load 12,
-    # CPU-time median 1.1x real time with 2 layers vs 2.0x with 1 (best 1.6x vs 2.5x). See
-    # benchmarks/results/samplernn_native.json for native vs ONNX vs torch.
+    # CPU-time median 1.1x real time with 2 layers vs 2.0x with 1 (best 1.6x vs 2.5x). This config, load 7.4
+    # (benchmarks/results/samplernn_native.json): native 2.0x by CPU time (0.97x wall clock on the shared core),
+    # float16 matrices 2.2x (1.27x), ONNX graph 0.49x (0.30x), torch eager 0.09x (0.05x).
     "samplernn-live": SampleRNNConfig(
         name="samplernn-live", frame_sizes=(16, 4), n_rnn=1, dim=256, quantization="mu-law", batch_size=64,
     ),
