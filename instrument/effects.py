@@ -21,6 +21,8 @@ import numpy as np
 os.environ.setdefault("PYO_GUI_WX", "0")
 
 SMOOTH_SECONDS = 0.02
+OPEN_CUTOFF = 19000.0  # Hz
+LIMITER_LOOKAHEAD = 0.0005  # seconds: the only latency the chain adds
 _server = None  # (pyo.Server, sr, block, channels)
 
 
@@ -52,6 +54,7 @@ class EffectsChain:
     def __init__(self, samplerate: int, block: int, channels: int = 2, settings: dict | None = None):
         pyo = _pyo()
         self.sr, self.block, self.channels = int(samplerate), int(block), int(channels)
+        self.latency_frames = int(round(LIMITER_LOOKAHEAD * self.sr))
         self.server = _get_server(self.sr, self.block, channels)
         n_in, n_out = 2 * channels * block, channels * block
         self._in = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(int(self.server.getInputAddr(), 16)))
@@ -67,7 +70,7 @@ class EffectsChain:
         self.sig = {
             "cutoff": pyo.SigTo(20000.0, time=t), "delay": pyo.SigTo(0.0, time=t), "reverb": pyo.SigTo(0.0, time=t),
             "fb": pyo.SigTo(0.35, time=t), "dtime": pyo.SigTo(0.3, time=0.2),
-            "filter_on": pyo.SigTo(1.0, time=t), "limiter_on": pyo.SigTo(1.0, time=t),
+            "filter_on": pyo.SigTo(0.0, time=t), "limiter_on": pyo.SigTo(1.0, time=t),
         }
         self.stream_in = pyo.Input(ch)
         self.voice_in = pyo.Input([channels + c for c in ch])
@@ -83,10 +86,11 @@ class EffectsChain:
                                mul=self.sig["delay"])
         self.reverb = pyo.Freeverb(self.send_bus, size=0.8, damp=0.5, bal=1.0, mul=self.sig["reverb"])
         self.mix = pyo.Mix([self.stream_f, self.delay, self.reverb], voices=channels)
-        # Limiter: fast compressor with a high ratio; no lookahead so it adds no latency. The hard clip after it
-        # is the last guarantee.
-        self.comp = pyo.Compress(self.mix, thresh=-1.0, ratio=20, risetime=0.001, falltime=0.08, lookahead=0.0,
-                                 knee=0.3)
+        # Limiter: a fast compressor with a high ratio and 0.5 ms lookahead (it catches a peak before it passes;
+        # pyo 1.1.0's Compress garbles the signal with lookahead=0, measured). The hard clip after it is the last
+        # guarantee.
+        self.comp = pyo.Compress(self.mix, thresh=-1.0, ratio=20, risetime=0.001, falltime=0.08,
+                                 lookahead=1000.0 * LIMITER_LOOKAHEAD, knee=0.0)
         self.limited = pyo.Interp(self.mix, self.comp, interp=self.sig["limiter_on"])
         self.clipped = pyo.Clip(self.limited, min=-1.0, max=1.0)
         self.output = self.clipped.out()
@@ -107,7 +111,7 @@ class EffectsChain:
             self.bypass[fx] = 1.0 if v >= 0.5 else 0.0
             on = 1.0 - self.bypass[fx]
             if fx == "filter":
-                self.sig["filter_on"].value = on
+                self._update_filter()
             elif fx == "limiter":
                 self.sig["limiter_on"].value = on
             else:
@@ -118,6 +122,7 @@ class EffectsChain:
         self.values[name] = v
         if name == "filter.cutoff":
             self.sig["cutoff"].value = min(max(v, 20.0), 0.45 * self.sr)
+            self._update_filter()
         elif name == "delay.send":
             self.sig["delay"].value = min(max(v, 0.0), 1.0) * (1.0 - self.bypass["delay"])
         elif name == "reverb.send":
@@ -131,6 +136,11 @@ class EffectsChain:
         elif name == "reverb.damp":
             self.reverb.damp = min(max(v, 0.0), 1.0)
         return True
+
+    def _update_filter(self) -> None:
+        # Fully open (≥ OPEN_CUTOFF) the filter crossfades out of the path: an open filter is exactly transparent.
+        engaged = self.bypass["filter"] < 0.5 and self.values["filter.cutoff"] < OPEN_CUTOFF
+        self.sig["filter_on"].value = 1.0 if engaged else 0.0
 
     def process(self, stream: np.ndarray | None, voices: np.ndarray | None, out: np.ndarray) -> np.ndarray:
         """One block: stream and voices [block, channels] (None = silence) → out [block, channels]."""

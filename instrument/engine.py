@@ -60,6 +60,7 @@ class EngineStats:
     model_rtf: float = 0.0  # seconds of model audio per second of inference (> 1 keeps up)
     cpu_share: float = 0.0  # fraction of wall time the producer spends working
     peak: float = 0.0  # highest absolute sample played so far
+    level: float = 0.0  # peak of the last block played (for level meters)
     recording: str | None = None  # the file being recorded, if any
     elapsed: float = 0.0  # seconds since start
     device_latency_ms: float = 0.0
@@ -95,14 +96,19 @@ class _NullStream:
     def _run(self) -> None:
         period = self.block / self.samplerate
         deadline = time.monotonic()
+        late = 0
         while self._running:
-            self.callback(self._buf, self.block, None, 0)
+            self.callback(self._buf, self.block, None, late)
             deadline += period
             delay = deadline - time.monotonic()
+            late = 0
             if delay > 0:
                 time.sleep(delay)
-            elif delay < -0.5:  # suspended (debugger, laptop lid): resynchronise instead of racing
+            elif delay < -period:
+                # Like a sound card: a late callback is an xrun and the clock goes on; never race to catch up
+                # (that would drain the ring faster than real time).
                 deadline = time.monotonic()
+                late = 1
 
     def stop(self) -> None:
         self._running = False
@@ -130,6 +136,9 @@ class Engine:
         self._warm: dict[str, Program] = {}  # programs switched away from, kept loaded for fast switching back
         self._switching = False
         self.last_error: str | None = None
+        # The audio callback's "now" for scheduling events. instrument/jack_midi.py sets `engine.clock =
+        # midi.cycle_time` (the JACK cycle start on the monotonic scale), so JACK MIDI events land sample-exactly.
+        self.clock = time.monotonic
         self._recorder: Recorder | None = None
         self._stream = None
         self._worker_thread: threading.Thread | None = None
@@ -197,18 +206,18 @@ class Engine:
             self._running = False
             self._worker_thread.join(2)
             raise UserError(f"cannot open the audio output at {self.samplerate} Hz, block {B}: {e}.") from None
+        if record:  # before the stream starts, so the file holds every block that is played
+            self.start_recording(record)
         self._t_start = time.monotonic()
         self._stream.start()
-        if record:
-            self.start_recording(record)
         return self
 
     def stop(self) -> EngineStats:
-        stats = self.stats()
         if self._stream is not None:
             self._stream.stop()
             self._stream.close()
-            self._stream = None
+        stats = self.stats()
+        self._stream = None
         self._running = False
         if self._worker_thread is not None:
             self._worker_thread.join(5)
@@ -343,6 +352,7 @@ class Engine:
         blocks = self._blocks
         device_ms = 1000.0 * float(getattr(self._stream, "latency", 0.0) or 0.0)
         ring_ms = 1000.0 * (self._fill_sum / blocks) / sr if blocks else 0.0
+        fx_ms = 1000.0 * self._effects.latency_frames / sr if hasattr(self, "_effects") else 0.0
         compute, produced = 0.0, 0.0
         for prog in [self._program, *(p for p in [self._fading and self._fading[0]] if p)]:
             if prog is not None:
@@ -352,11 +362,11 @@ class Engine:
         prog = self._program
         return EngineStats(
             blocks=blocks, underruns=self._underruns, xruns=self._xruns,
-            latency_ms=round(ring_ms + device_ms, 3),
+            latency_ms=round(ring_ms + fx_ms + device_ms, 3),
             ring_fill=round(self._ring.available() / self._ring.capacity, 3) if hasattr(self, "_ring") else 0.0,
             model_rtf=round(produced / compute, 3) if compute > 0 else 0.0,
             cpu_share=round(self._work_seconds / elapsed, 4) if elapsed > 0 else 0.0,
-            peak=round(self._peak, 5), recording=str(self._recorder.path) if self._recorder else None,
+            peak=round(self._peak, 5), level=round(getattr(self, "_level", 0.0), 5), recording=str(self._recorder.path) if self._recorder else None,
             elapsed=round(elapsed, 3), device_latency_ms=round(device_ms, 3), ring_latency_ms=round(ring_ms, 3),
             note_latency_ms=round(1000 * getattr(self, "schedule_delay", 0.0) + device_ms, 3),
             samplerate=self.samplerate, block=self.config.block,
@@ -425,7 +435,7 @@ class Engine:
     def _callback(self, outdata, frames, time_info, status) -> None:
         if status:
             self._xruns += 1
-        now = time.monotonic()
+        now = self.clock()
         fill = self._ring.available()
         got = self._ring.read_into(outdata)
         if got < frames:
@@ -460,6 +470,7 @@ class Engine:
         np.add(outdata, vb, out=outdata)
         np.clip(outdata, -1.0, 1.0, out=outdata)  # the last guarantee: nothing beyond ±1 leaves the engine
         peak = max(float(outdata.max()), -float(outdata.min()))
+        self._level = peak  # the last block's peak, for level meters
         if peak > self._peak:
             self._peak = peak
         rec = self._recorder

@@ -94,3 +94,35 @@ def onset(x: np.ndarray, threshold: float = 0.01, start: int = 0) -> int | None:
     a = np.abs(x[start:]).max(axis=1) if x.ndim == 2 else np.abs(x[start:])
     idx = np.flatnonzero(a > threshold)
     return int(idx[0]) + start if len(idx) else None
+
+
+def tiny_model(tmp_path_factory, config_name: str, seed: int = 0):
+    """A tiny exported model shared by every test module of the session (exported once)."""
+    folder = tmp_path_factory.getbasetemp() / f"tiny-models-seed{seed}"
+    folder.mkdir(exist_ok=True)
+    return export_tiny(config_name, folder, seed)
+
+
+def export_tiny(config_name: str, folder, seed: int = 0):
+    """Export a tiny training config with fixed random weights to `folder/<name>.onnx` (a real streaming model)."""
+    from pathlib import Path
+
+    import torch
+
+    from export.onnx_export import export_model
+    from training.configs import build_model, get_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    path = Path(folder) / f"{config_name}.onnx"
+    if not path.exists():
+        export_model(build_model(get_config(config_name)), path)
+    return path
+
+
+def find_segment(haystack: np.ndarray, needle: np.ndarray) -> int:
+    """Offset in `haystack` where `needle` (both [n, C]) fits best, by FFT cross-correlation of channel 0."""
+    h, n = haystack[:, 0].astype(np.float64), needle[:, 0].astype(np.float64)
+    size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
+    corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
+    return int(np.argmax(corr))

@@ -1,0 +1,295 @@
+"""The live engine against the real audio server (JACK, 48 kHz / 128) with real exported tiny models.
+
+What the performer would hear is captured through a JACK input port connected to PortAudio's output ports.
+"""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from jackutil import JackCapture, find_segment, spectrum, tiny_model
+from jackserver import wait_for
+
+from instrument import events as ev
+from instrument.effects import EffectsChain
+from instrument.engine import Engine, EngineConfig
+from instrument.meta import ControlSpec, ModelMeta
+from instrument.params import LatentMapper, orthonormal_directions
+from instrument.voices import VoicePool
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return {"vrnn": tiny_model(tmp_path_factory, "vrnn-tiny"),
+            "wavegan": tiny_model(tmp_path_factory, "wavegan-tiny"),
+            "vrnn_other": tiny_model(tmp_path_factory, "vrnn-tiny", seed=1)}
+
+
+def offline(path, seconds, seed=0, rate=48000):
+    """What the model renders offline through the runtime, resampled to the device rate in one go."""
+    from instrument.model import load_model
+
+    m = load_model(path)
+    m.reset(seed)
+    x = m.generate(int(seconds * m.meta.sample_rate))[0]
+    return soxr.resample(x, m.meta.sample_rate, rate).astype(np.float32)
+
+
+def zero_runs(x, min_len=64):
+    """Number of runs of at least `min_len` exactly-zero samples (the silence an underrun leaves)."""
+    z = np.concatenate([[0], (x == 0).astype(np.int8), [0]])
+    starts, ends = np.flatnonzero(np.diff(z) == 1), np.flatnonzero(np.diff(z) == -1)
+    return int(((ends - starts) >= min_len).sum())
+
+
+# --- parts, without the audio server ----------------------------------------------------------------------
+def test_voice_pool_steals_releases_and_starts_sample_accurately():
+    pool = VoicePool(block=128, channels=2, samplerate=48000, polyphony=16)
+    clip = np.ones((48000, 1), np.float32)
+    out = np.zeros((128, 2), np.float32)
+    pool.note_on(60, 0.5, clip, offset=50)
+    pool.mix_into(out, 128)
+    assert (out[:50] == 0).all() and np.allclose(out[50:], 0.5)
+    for note in range(61, 81):  # 21 notes held in all: the 5 oldest are stolen
+        pool.note_on(note, 1.0, clip)
+    assert pool.active() == 16 and pool.stolen == 5
+    for _ in range(3):  # the steal fade (5 ms) is over after 2 blocks
+        out[:] = 0
+        pool.mix_into(out, 128)
+    assert np.allclose(out, 16.0)
+    pool.all_off()
+    levels = []
+    for _ in range(12):  # 30 ms release = 11.25 blocks
+        out[:] = 0
+        pool.mix_into(out, 128)
+        levels.append(out[:, 0].copy())
+    curve = np.concatenate(levels)
+    assert np.all(np.diff(curve) <= 1e-6), "the release fade must fall monotonically (no click)"
+    assert curve[-1] == 0.0 and pool.active() == 0 and all(c is None for c in pool.clip)
+
+
+def test_effects_are_transparent_when_open_limit_and_bypass():
+    fx = EffectsChain(48000, 128, 2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, (128 * 100, 2)).astype(np.float32)
+    out = np.zeros((128, 2), np.float32)
+
+    def run(stream, voices=None):
+        return np.concatenate([fx.process(None if stream is None else stream[i:i + 128],
+                                          None if voices is None else voices[i:i + 128], out).copy()
+                               for i in range(0, len(x), 128)])
+
+    lag = fx.latency_frames
+    y = run(x)
+    assert np.abs(y[2000 + lag:] - x[2000:len(x) - lag]).max() < 1e-5  # open filter, idle limiter: exact
+    loud = run(4 * x)
+    assert np.abs(loud).max() <= 1.0
+    t = np.arange(len(x)) / 48000
+    sine5k = np.repeat((0.5 * np.sin(2 * np.pi * 5000 * t)).astype(np.float32)[:, None], 2, axis=1)
+    fx.set("filter.cutoff", 500.0)
+    filtered = run(sine5k)
+    assert np.sqrt((filtered[4000:] ** 2).mean()) < 0.1 * np.sqrt((sine5k ** 2).mean())
+    fx.set("filter.cutoff", 20000.0)
+    fx.set("reverb.send", 1.0)
+    wet = run(None, x)  # the voice bus only feeds the sends
+    assert np.sqrt((wet[4000:] ** 2).mean()) > 0.02
+    fx.set("fx.reverb.bypass", 1.0)
+    fx.set("reverb.size", 0.1)
+    run(None, np.zeros_like(x))
+    assert np.abs(run(None, x)[-2000:]).max() == 0.0
+
+
+def test_latent_knobs_map_by_role_on_fixed_orthonormal_directions():
+    d = orthonormal_directions(100)
+    np.testing.assert_allclose(d @ d.T, np.eye(8), atol=1e-5)
+    np.testing.assert_array_equal(d, orthonormal_directions(100))  # the same knobs every session
+    z = ControlSpec("z", [100], "latent", -1.0, 1.0, 0.0)
+    meta = ModelMeta("wavegan", 16000, 1, 16384, [z], [], latent_size=100)
+    a, b = [0.1] * 100, [-0.1] * 100
+    m = LatentMapper(meta, {"a": a, "b": b}, scale=0.5)
+    np.testing.assert_allclose(m.vector(), 0.1, atol=1e-6)
+    m.set("morph", 1.0)
+    np.testing.assert_allclose(m.vector(), -0.1, atol=1e-6)
+    m.set("morph", 0.5)
+    m.set("latent.3", 1.0)
+    np.testing.assert_allclose(m.vector(), 0.5 * d[3], atol=1e-6)
+    off = ControlSpec("z_offset", [8], "latent_offset", -3.0, 3.0, 0.0)
+    vm = LatentMapper(ModelMeta("vrnn", 16000, 1, 200, [off], []), scale=1.0)
+    vm.set("latent.0", -1.0)
+    np.testing.assert_allclose(vm.vector(), -orthonormal_directions(8)[0], atol=1e-6)
+
+
+def test_latent_change_refreshes_the_oneshot_cache_in_the_background(models):
+    with Engine(EngineConfig(output="none", ring_blocks=8)) as e:
+        e.start(str(models["wavegan"]))
+        cache = e._program.cache
+        assert cache.ready() and cache.clip_for(60) is not None
+        before = cache.clip_for(60)
+        assert len(cache.clip_for(72)) < len(before) < len(cache.clip_for(48))  # an octave up is half as long
+        assert abs(len(cache.clip_for(72)) * 2 - len(before)) < 8
+        e.post(ev.param("latent.0", 1.0))
+        assert wait_for(lambda: cache.ready() and cache.clip_for(60) is not before, 10)
+        assert np.abs(cache.clip_for(60) - before).max() > 1e-3
+        assert e.get("latent.0") == 1.0
+        names = [p.name for p in e.parameters()]
+        assert {"latent.0", "latent.7", "morph", "volume", "filter.cutoff", "reverb.send"} <= set(names)
+        assert e.stats().underruns == 0
+
+
+def test_play_headless_prints_a_json_summary(models, tmp_path):
+    out = tmp_path / "take.wav"
+    r = subprocess.run([sys.executable, "-m", "neuralinst", "play", "--model", str(models["wavegan"]), "--no-tui",
+                        "--seconds", "1", "--output", "none", "--mode", "continuous", "--record", str(out)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("blocks", "underruns", "xruns", "latency_ms", "model_rtf", "peak"):
+        assert key in summary
+    assert 300 <= summary["blocks"] <= 450 and 0 < summary["peak"] <= 1.0 and summary["model_rtf"] > 1
+    audio, rate = sf.read(out)
+    assert rate == 48000 and abs(len(audio) - summary["blocks"] * 128) <= 128 * 2
+    bad = subprocess.run([sys.executable, "-m", "neuralinst", "play", "--model", str(tmp_path / "nope.onnx"),
+                          "--no-tui", "--seconds", "1", "--output", "none"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- through the real audio server ------------------------------------------------------------------------
+def test_stream_through_jack_is_the_model_with_no_underrun_and_recording_equals_capture(jack_server, models,
+                                                                                        tmp_path):
+    seconds = 10.0
+    rec_path = tmp_path / "rec.wav"
+    with JackCapture(seconds=seconds + 1) as cap, Engine(EngineConfig(output="jack", block=128)) as e:
+        e.start(str(models["vrnn"]), seed=0, record=str(rec_path))
+        cap.connect()
+        assert cap.wait_frames(int(seconds * cap.rate), timeout=seconds + 20)
+        stats = e.stop()
+    x = cap.audio()
+    rec, rate = sf.read(rec_path, dtype="float32")
+    print("stream stats:", stats)
+    assert rate == 48000 and stats.samplerate == 48000 and stats.block == 128
+    assert stats.underruns == 0, stats
+    assert stats.blocks >= 0.9 * seconds * 48000 / 128
+    assert np.sqrt((x ** 2).mean()) > 0.01, "the captured output is silent"
+    assert 0 < stats.peak <= 1.0
+    # Latency is measured: the ring holds between ring-1 and ring blocks; PortAudio adds the device's part.
+    assert 3 * 128 / 48 <= stats.ring_latency_ms <= 4 * 128 / 48 + 0.1
+    assert stats.device_latency_ms > 0 and stats.latency_ms > stats.ring_latency_ms
+    # What the server received has the spectrum of what the model renders offline (and not another model's).
+    ref = offline(models["vrnn"], seconds)
+    own = np.abs(spectrum(x[:, 0]) - spectrum(ref)).sum()
+    other = np.abs(spectrum(offline(models["vrnn_other"], seconds)) - spectrum(ref)).sum()
+    print(f"spectrum L1: engine vs offline {own:.4f}, other model vs offline {other:.4f}")
+    assert own < 0.1 and own < other / 3
+    # The recording is the model's samples exactly (volume 0.8, open effects), window by window.
+    W = 4096
+    errs = []
+    for start in range(W, len(rec) - W, 4 * W):
+        k = find_segment(ref[:, None], rec[start:start + W])
+        errs.append(np.abs(0.8 * ref[k:k + W] - rec[start:start + W, 0]).max())
+    assert np.median(errs) < 1e-4, errs
+    # The recording equals the captured stream, except where the loaded machine made the server xrun.
+    same = 0
+    windows = list(range(0, len(x) - W, W))
+    for start in windows:
+        k = find_segment(rec, x[start:start + W])
+        same += np.abs(rec[k:k + W] - x[start:start + W]).max() < 1e-6
+    print(f"capture windows equal to the recording: {same}/{len(windows)} (xruns {stats.xruns})")
+    assert same >= 0.25 * len(windows)
+
+
+class SlowModel:
+    """A real model slowed below real time: the producer cannot keep up, so the ring must run dry."""
+
+    def __init__(self, model, factor: float):
+        self.model, self.meta, self.factor = model, model.meta, factor
+
+    def reset(self, seed):
+        self.model.reset(seed)
+
+    def set_control(self, name, value):
+        self.model.set_control(name, value)
+
+    def step(self):
+        return self.model.step()
+
+    def generate(self, n):
+        time.sleep(self.factor * n / self.meta.sample_rate)
+        return self.model.generate(n)
+
+
+def test_a_slow_producer_gives_counted_underruns(jack_server, models):
+    from instrument.model import load_model
+
+    with JackCapture(seconds=3) as cap, Engine(EngineConfig(output="jack")) as e:
+        e.start(SlowModel(load_model(models["vrnn"]), factor=2.0))
+        cap.connect()
+        assert cap.wait_frames(2 * cap.rate, timeout=20)
+        stats = e.stop()
+    # Each underrun plays a block of exact zeros (the model's own noise-like output never holds 64 in a row).
+    x = cap.audio()[:, 0]
+    silent = int((x == 0).sum()) if zero_runs(x, 64) else 0
+    expected = stats.underruns * 128 * cap.frames / (stats.blocks * 128)  # scaled to the captured span
+    print(f"underruns {stats.underruns}, silent frames {silent} (expected ≈ {expected:.0f}), xruns {stats.xruns}")
+    assert stats.underruns >= 50  # half the blocks in 2 s cannot be made in time
+    assert 0.5 * expected <= silent <= 1.5 * expected + 128 * stats.xruns
+    assert 0 < stats.model_rtf < 1.0
+
+
+def test_note_on_sounds_within_the_block_latency(jack_server, models):
+    with JackCapture(seconds=6) as cap, Engine(EngineConfig(output="jack")) as e:
+        e.start(str(models["wavegan"]))
+        e.post(ev.param("volume", 1.0))
+        cap.connect()
+        assert cap.wait_frames(int(0.3 * cap.rate))
+        posts = []
+        rng = np.random.default_rng(0)
+        for i in range(8):
+            time.sleep(0.05 + rng.uniform(0, 0.003))  # arrive anywhere inside a block
+            posts.append(cap.frame_now())
+            e.post(ev.note_on(60, 1.0))
+            time.sleep(0.2)
+            e.post(ev.note_off(60))
+            time.sleep(0.12)  # the 30 ms release is long over: silence again
+        stats = e.stop()
+    x = np.abs(cap.audio()).max(axis=1)
+    bound = (stats.note_latency_ms / 1000 * 48000) + 2 * 128
+    lat = []
+    for f in posts:
+        hit = np.flatnonzero(x[f:] > 1e-5)
+        assert len(hit), "a note-on never sounded"
+        lat.append(int(hit[0]))
+    lat_ms = np.array(lat) / 48
+    print(f"note-on → sound: {lat_ms.round(2)} ms (bound {bound / 48:.2f} ms, stats {stats.note_latency_ms} ms)")
+    assert (np.array(lat) >= 0).all() and (np.array(lat) <= bound).all()
+
+
+def test_switch_crossfades_without_underrun_and_switches_back_warm(jack_server, models):
+    with JackCapture(seconds=6) as cap, Engine(EngineConfig(output="jack")) as e:
+        e.start(str(models["vrnn"]))
+        first = e._program
+        cap.connect()
+        assert cap.wait_frames(int(0.5 * cap.rate))
+        done = e.switch(str(models["vrnn_other"]), crossfade_ms=40)
+        assert done.wait(20) and e.last_error is None
+        second = e._program
+        assert second is not first and e.stats().program == second.key
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        back = e.switch(str(models["vrnn"]), crossfade_ms=40)
+        assert back.wait(5)
+        warm_s = time.monotonic() - t0
+        assert e._program is first, "switching back reuses the warm program"
+        time.sleep(0.3)
+        stats = e.stop()
+    print(f"switch back (warm) took {warm_s * 1000:.1f} ms; {stats}")
+    assert stats.underruns == 0
+    assert zero_runs(cap.audio()[:, 0], 64) <= stats.xruns  # no gap at either switch
