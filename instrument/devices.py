@@ -5,7 +5,10 @@ one sentence that says how to get one, never a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 
 from instrument.errors import UserError
 
@@ -14,9 +17,26 @@ NO_DEVICE = ("no audio output device was found: start a JACK server (for example
              "take.wav`.")
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence the C libraries' own stderr chatter (libjack prints five lines when no server runs) while
+    PortAudio or rtmidi probe the audio server; the user gets our one sentence instead."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _sounddevice():
     try:
-        import sounddevice as sd
+        with quiet_stderr():
+            import sounddevice as sd
     except OSError as e:  # libportaudio missing
         raise UserError(f"PortAudio is not available ({e}); install libportaudio2.") from None
     return sd
@@ -38,7 +58,8 @@ def list_midi_inputs() -> list[str]:
     try:
         import rtmidi
 
-        midi_in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="neuralinst-devices")
+        with quiet_stderr():
+            midi_in = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="neuralinst-devices")
     except Exception:  # no JACK server: rtmidi cannot open a client; there are no inputs to list
         return []
     try:
