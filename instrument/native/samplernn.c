@@ -51,7 +51,7 @@ size_t srnn_workspace_floats(const srnn_model *m) {
     size_t d = (size_t)m->dim, up = 0;
     for (int i = 0; i < m->n_tiers; i++) up += (size_t)m->frame_size[i] * d;
     int top = m->n_frame_samples[m->n_tiers - 1];
-    return up + 4 * d /* x, y, acc, tmp */ + 8 * d /* gi, gh */ + 2 * d + (size_t)m->q + 2 * (size_t)top + 64;
+    return up + 3 * d /* x, y, acc */ + 8 * d /* gi, gh */ + 2 * d + (size_t)m->q + 2 * (size_t)top + 64;
 }
 
 static inline void matvec(const float *restrict w, const float *restrict x, const float *restrict b,
@@ -146,7 +146,7 @@ typedef struct {
     const int *forced;      /* [top] or NULL: teacher forcing */
     float inv_t;
     float *up[SRNN_MAX_TIERS];
-    float *x, *y, *acc, *tmp, *gi, *gh, *a, *b, *logits;
+    float *x, *y, *acc, *gi, *gh, *a, *b, *logits;
     float *logits_out;      /* [top][q] or NULL */
     int t;                  /* samples produced this call */
     int *levels_out;
@@ -261,7 +261,7 @@ int srnn_frame(const srnn_model *m, float *h, float *c, float *samples, const fl
     r.inv_t = 1.f / (temperature > 1e-3f ? temperature : 1e-3f);
     float *p = work;
     for (int i = 0; i < m->n_tiers; i++) { r.up[i] = p; p += (size_t)m->frame_size[i] * d; }
-    r.x = p; p += d; r.y = p; p += d; r.acc = p; p += d; r.tmp = p; p += d;
+    r.x = p; p += d; r.y = p; p += d; r.acc = p; p += d;
     r.gi = p; p += 4 * d; r.gh = p; p += 4 * d; r.a = p; p += d; r.b = p; p += d;
     r.logits = p; p += m->q;
     r.hist = (int *)p; /* 2 * top ints fit in 2 * top floats */
