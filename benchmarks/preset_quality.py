@@ -58,7 +58,8 @@ def _preset_rows(args) -> list[dict]:
             audio, sr, _ = ev.render_model(preset.model_path, seconds, seed)
             result = ev.evaluate_audio(audio, reference, sr, floor=floor, reference_sr=ref_sr, seed=seed,
                                        seconds=seconds)
-            row.update(score=result.score, fd=result.model.fd, fd_level_db=result.model.fd_level,
+            row.update(score=result.score, score_timbre=result.score_timbre, score_dynamics=result.score_dynamics,
+                       fd=result.model.fd, fd_dynamics=result.model.fd_dynamics, fd_level_db=result.model.fd_level,
                        flatness=result.model.flatness, silent=result.model.silent)
             if row["card_score"] is None:
                 row["verdict"] = "no card figures"
@@ -89,9 +90,11 @@ def _cross_sets(args) -> dict:
         for cand_name, (_, _, candidate, cand_sr) in loaded.items():
             r = ev.evaluate_audio(candidate, reference, cand_sr, floor=floor, reference_sr=ref_sr, seed=args.seed,
                                   seconds=args.seconds)
-            column[cand_name] = {"fd": r.model.fd, "score": r.score, "fd_level_db": r.model.fd_level,
+            column[cand_name] = {"fd": r.model.fd, "score": r.score, "score_timbre": r.score_timbre,
+                                 "score_dynamics": r.score_dynamics, "fd_level_db": r.model.fd_level,
                                  "fd_logmel": r.model.fd_logmel, "seconds": r.seconds}
-        column["_baselines"] = {k: m.fd for k, m in r.baselines.items()}
+        column["_baselines"] = {k: dict(zip(("score", "timbre", "dynamics"), r.scores(m)))
+                                for k, m in r.baselines.items()}
         matrix[ref_name] = column
     return matrix
 
@@ -100,16 +103,17 @@ def run(args) -> int:
     if args.cross_sets:
         matrix = _cross_sets(args)
         sets = list(matrix)
-        print("score of each set's validation split (rows) against each set's test split (columns);"
-              " raw log-mel FD in brackets")
+        print("score (timbre/dynamics) of each set's validation split (rows) against each set's test split"
+              " (columns); raw log-mel FD in square brackets")
         rows = []
         for cand in sets:
-            rows.append([cand] + [f"{matrix[ref][cand]['score']:.3f} ({matrix[ref][cand]['fd_logmel']:.0f})"
+            rows.append([cand] + [f"{matrix[ref][cand]['score']:.2f} ({matrix[ref][cand]['score_timbre']:.2f}/"
+                                  f"{matrix[ref][cand]['score_dynamics']:.2f}) [{matrix[ref][cand]['fd_logmel']:.0f}]"
                                   for ref in sets])
         print_table(["valid of \\ test of"] + sets, rows)
-        ok = all(min(sets, key=lambda c: matrix[ref][c]["fd"]) == ref for ref in sets)
+        ok = all(min(sets, key=lambda c: matrix[ref][c]["score"]) == ref for ref in sets)
         raw_ok = all(min(sets, key=lambda c: matrix[ref][c]["fd_logmel"]) == ref for ref in sets)
-        print(f"same set closest in every column: score features {ok}, raw log-mel {raw_ok}")
+        print(f"same set closest in every column: score {ok}, raw log-mel FD {raw_ok}")
         path = write_result(args.name or "eval_cross_sets", {"seconds": args.seconds, "seed": args.seed,
                                                              "matrix": matrix, "same_set_closest": ok,
                                                              "raw_logmel_same_set_closest": raw_ok})
@@ -119,9 +123,10 @@ def run(args) -> int:
     if not rows:
         print("no shipped presets to measure")
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
-    print_table(["preset", "kind", "data", "score", "card", "delta", "FD", "level dB", "verdict"],
-                [[r["preset"], r["kind"], r["data"], fmt(r.get("score")), fmt(r.get("card_score")),
-                  fmt(r.get("delta")), fmt(r.get("fd")), fmt(r.get("fd_level_db")), r["verdict"]]
+    print_table(["preset", "kind", "data", "score", "timbre", "dynamics", "card", "delta", "level dB", "verdict"],
+                [[r["preset"], r["kind"], r["data"], fmt(r.get("score")), fmt(r.get("score_timbre")),
+                  fmt(r.get("score_dynamics")), fmt(r.get("card_score")), fmt(r.get("delta")),
+                  fmt(r.get("fd_level_db")), r["verdict"]]
                  for r in rows])
     path = write_result(args.name or "preset_quality", {"tolerance": args.tolerance, "presets": rows})
     print(f"wrote {path}")

@@ -4,9 +4,14 @@ No pretrained audio-embedding model (VGGish, CLAP...) can be had here, so the me
 between Gaussian fits of log-mel-spectrogram frames, computed on N seconds of the model's renders and N seconds
 of the data set's test split. The same distance is computed, the same way and on the same amount of audio, for
 baselines: the validation split (the floor: real audio of the same set), and white noise, pink noise and
-silence-with-dither (ceilings). The normalised score puts the model on that ruler:
+silence-with-dither (ceilings), plus "matched noise" (the floor's own spectrum with random phases: the
+right average timbre and nothing else). Two distances put the model on that ruler, each normalised the same way,
 
-    score = (d_model - d_valid) / (d_pink - d_valid)     0 = as close as real audio, 1 = as far as pink noise
+    score_x = (d_model - d_valid) / (d_pink - d_valid)     0 = as close as real audio, 1 = as far as pink noise
+
+and the score is their mean: *timbre* (frame statistics, below) and *dynamics* (how the spectrum moves within
+half-second windows: per coarse band, the spread and the frame-to-frame change of level). Frame statistics alone
+are blind to time: matched noise scores ~0.3 on timbre, but ~0.9 on dynamics.
 
 Features. A raw log-mel frame is spectral *shape* (timbre) plus *level* (loudness, which depends on the gain a
 set was rendered at and on how much of it is quiet) added to every band, so a Gaussian of raw log-mels counts a
@@ -18,11 +23,12 @@ band makes silent frames flat (all-zero shape), so silence is a well-defined poi
 Everything is analysed at 16 kHz mono (soxr), whatever the model's or data set's rate.
 
 Checked on real data (`neuralinst bench quality --cross-sets data/piano data/drums data/heavy data/piano-notes`):
-each set's validation split is closest to its own test split, in every column.
+each set's validation split is closest to its own test split, in every column; raw log-mels instead put drums
+closer to the piano set than the piano-notes set is.
 
 Library API (the preset cards and benchmarks call these): `logmel_frames`, `frame_features`, `gaussian_stats`,
 `frechet_distance`, `spectral_flatness`, `silent_fraction`, `evaluate_audio`, `load_reference`, `render_model`,
-`write_spectrogram_png`, `card_section`, `read_card_figures`, `score_features`. Numpy (and soxr, soundfile)
+`write_spectrogram_png`, `card_section`, `read_card_figures`, `score_features`, `dynamics_features`. Numpy (and soxr, soundfile)
 only: instrument/ never imports torch.
 """
 from __future__ import annotations
@@ -50,8 +56,13 @@ FLOOR_DB = -80.0  # relative to a full-scale sine
 SILENT_DB = -60.0  # a frame whose RMS is below this (dBFS) counts as near-silent
 INT16_SCALE = 32768.0
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+DYN_BANDS = 4  # coarse bands (16 mel bands each) for the dynamics features: few dimensions, stable on short audio
+DYN_WINDOW = 32  # frames: 0.51 s
+DYN_HOP = 8  # overlapping windows: more of them from a short render
+RULER_MARGIN = 0.25  # a ruler whose floor is within this fraction of its pink-noise ceiling measures nothing
+MIN_SECONDS = 1.0  # a few dynamics windows
 REFERENCE_SECONDS = 300.0  # of the test split for the reference statistics (it is usually smaller)
-BASELINES = ("validation", "white noise", "pink noise", "silence+dither")
+BASELINES = ("validation", "white noise", "pink noise", "silence+dither", "matched noise")
 
 
 # --- signal analysis ----------------------------------------------------------------------------------------
@@ -131,6 +142,20 @@ def score_features(logmel: np.ndarray) -> np.ndarray:
     shape, so a model that is too quiet, too loud or too often silent is still seen, without level dominating."""
     shape, level = frame_features(logmel)
     return np.concatenate([shape, level[:, None]], axis=1)
+
+
+def dynamics_features(logmel: np.ndarray) -> np.ndarray:
+    """How the spectrum moves: per 0.5 s window (hop 0.13 s), in DYN_BANDS coarse bands, the standard deviation
+    of the band level over the window and its mean absolute frame-to-frame change (dB) [W, 2 * DYN_BANDS].
+    Frame statistics alone cannot tell music from noise that has the music's average spectrum (phase-randomised
+    audio scores ~0.3 on timbre); notes, onsets and decays can (it scores ~0.9 here)."""
+    coarse = logmel.reshape(len(logmel), DYN_BANDS, -1).mean(axis=2)
+    if len(coarse) < DYN_WINDOW:
+        coarse = np.pad(coarse, ((0, DYN_WINDOW - len(coarse)), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(coarse, DYN_WINDOW, axis=0)[::DYN_HOP]  # [W, bands, win]
+    spread = windows.std(axis=2)
+    motion = np.abs(np.diff(windows, axis=2)).mean(axis=2)
+    return np.concatenate([spread, motion], axis=1)
 
 
 def frame_rms_db(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -218,6 +243,13 @@ def pink_noise(n: int, rms: float, rng: np.random.Generator) -> np.ndarray:
     return x * (rms / (np.sqrt((x ** 2).mean()) + 1e-20))
 
 
+def matched_noise(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noise with exactly the long-term spectrum of `audio` (its Fourier magnitudes with random phases): right
+    timbre on average, no notes, no onsets - what a model that only learnt the spectral envelope would make."""
+    spec = np.fft.rfft(audio)
+    return np.fft.irfft(np.abs(spec) * np.exp(2j * np.pi * rng.random(len(spec))), len(audio))
+
+
 def dithered_silence(n: int, rng: np.random.Generator) -> np.ndarray:
     """Digital silence with TPDF dither of one 16-bit LSB (what a silent 16-bit recording holds)."""
     return (rng.random(n) - rng.random(n)) / INT16_SCALE
@@ -226,9 +258,10 @@ def dithered_silence(n: int, rng: np.random.Generator) -> np.ndarray:
 # --- the evaluation -------------------------------------------------------------------------------------------
 @dataclass
 class Measure:
-    """One signal compared with the reference: the score's distance, and level and raw log-mel distances."""
+    """One signal compared with the reference: the score's two distances, and level and raw log-mel distances."""
 
-    fd: float  # Fréchet distance of `score_features` (shape + level once; dB^2): the score's basis
+    fd: float  # timbre: Fréchet distance of `score_features` (shape + level once; dB^2)
+    fd_dynamics: float  # dynamics: Fréchet distance of `dynamics_features` (dB^2)
     fd_level: float  # 1-D Fréchet distance of frame levels, as dB (its square root)
     fd_logmel: float  # Fréchet distance of raw log-mel frames (dB^2), for the record
     flatness: float
@@ -241,7 +274,9 @@ class EvalResult:
     model: Measure
     reference: Measure  # the reference against itself: distances 0; its flatness and silent fraction
     baselines: dict[str, Measure]
-    score: float  # (d_model - d_validation) / (d_pink - d_validation)
+    score: float  # the mean of the timbre and dynamics scores (of the one that is defined, if one is NaN)
+    score_timbre: float  # (fd_model - fd_validation) / (fd_pink - fd_validation); NaN if the ruler is degenerate
+    score_dynamics: float  # the same with fd_dynamics (NaN when too little audio makes the floor as far as noise)
     sample_rate: int
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
@@ -250,34 +285,46 @@ class EvalResult:
         d = asdict(self)
         return json.loads(json.dumps(d, default=float, allow_nan=True))
 
+    def scores(self, m: Measure) -> tuple[float, float, float]:
+        """(score, timbre, dynamics) of any measure on this result's ruler."""
+        def ruler(key: str) -> float:
+            floor = getattr(self.baselines["validation"], key)
+            ceiling = getattr(self.baselines["pink noise"], key)
+            if ceiling - floor <= RULER_MARGIN * ceiling:  # real audio is as far as noise: too little audio
+                return float("nan")
+            return (getattr(m, key) - floor) / (ceiling - floor)
+
+        timbre, dynamics = ruler("fd"), ruler("fd_dynamics")
+        parts = [v for v in (timbre, dynamics) if not math.isnan(v)]
+        return (sum(parts) / len(parts) if parts else float("nan")), timbre, dynamics
+
     def table(self) -> str:
         rows = [("model", self.model), ("reference (test)", self.reference)]
         rows += [(f"{k}{' (floor)' if k == 'validation' else ''}", m) for k, m in self.baselines.items()]
-        out = [f"{'':22s}{'FD':>10s}{'score':>8s}{'level dB':>10s}{'FD log-mel':>12s}"
-               f"{'flatness':>10s}{'silent':>8s}"]
+        out = [f"{'':22s}{'score':>7s}{'timbre':>8s}{'dynamics':>9s}{'FD timbre':>11s}{'FD dyn':>8s}"
+               f"{'level dB':>9s}{'FD log-mel':>11s}{'flatness':>9s}{'silent':>7s}"]
         for name, m in rows:
             if m is self.reference:  # distances to itself are 0 by construction: show only what it is like
-                out.append(f"{name:22s}{'-':>10s}{'-':>8s}{'-':>10s}{'-':>12s}{m.flatness:10.3f}{m.silent:8.1%}")
+                out.append(f"{name:22s}{'-':>7s}{'-':>8s}{'-':>9s}{'-':>11s}{'-':>8s}{'-':>9s}{'-':>11s}"
+                           f"{m.flatness:9.3f}{m.silent:7.1%}")
                 continue
-            out.append(f"{name:22s}{m.fd:10.2f}{self.normalise(m.fd):8.3f}{m.fd_level:10.2f}{m.fd_logmel:12.1f}"
-                       f"{m.flatness:10.3f}{m.silent:8.1%}")
-        out.append(f"score {self.score:.3f}  (0 = as close as the validation split, 1 = as far as pink noise; "
+            score, timbre, dynamics = self.scores(m)
+            out.append(f"{name:22s}{score:7.3f}{timbre:8.3f}{dynamics:9.3f}{m.fd:11.1f}{m.fd_dynamics:8.1f}"
+                       f"{m.fd_level:9.2f}{m.fd_logmel:11.0f}{m.flatness:9.3f}{m.silent:7.1%}")
+        out.append(f"score {self.score:.3f} = mean of timbre {self.score_timbre:.3f} and dynamics "
+                   f"{self.score_dynamics:.3f}  (0 = as close as the validation split, 1 = as far as pink noise; "
                    f"{self.seconds:.0f} s each, analysed at {ANALYSIS_RATE} Hz)")
         return "\n".join(out)
 
-    def normalise(self, d: float) -> float:
-        floor = self.baselines["validation"].fd
-        ceiling = self.baselines["pink noise"].fd
-        return (d - floor) / max(ceiling - floor, 1e-9)
 
-
-def _measure(audio: np.ndarray, sr: int, ref: tuple[GaussianStats, GaussianStats, GaussianStats]) -> Measure:
-    """`audio` against the reference's (score features, level, raw log-mel) statistics."""
+def _measure(audio: np.ndarray, sr: int, ref: tuple[GaussianStats, ...]) -> Measure:
+    """`audio` against the reference's (score features, dynamics, level, raw log-mel) statistics."""
     logmel = logmel_frames(audio, sr)
     _, level = frame_features(logmel)
-    ref_score, ref_level, ref_logmel = ref
+    ref_score, ref_dynamics, ref_level, ref_logmel = ref
     return Measure(
         fd=frechet_between(gaussian_stats(score_features(logmel)), ref_score),
+        fd_dynamics=frechet_between(gaussian_stats(dynamics_features(logmel)), ref_dynamics),
         fd_level=math.sqrt(frechet_between(gaussian_stats(level), ref_level)),
         fd_logmel=frechet_between(gaussian_stats(logmel), ref_logmel),
         flatness=spectral_flatness(audio, sr),
@@ -319,14 +366,16 @@ def evaluate_audio(audio: np.ndarray, reference: np.ndarray, sr: int, floor: np.
     else:
         floor_mono = to_mono(floor)
     length = min(len(model) / sr, len(floor_mono) / reference_sr, *([seconds] if seconds else []))
-    if length * ANALYSIS_RATE < 4 * N_FFT or len(ref) / reference_sr * ANALYSIS_RATE < 4 * N_FFT:
-        raise UserError(f"too little audio to compare ({length:.2f} s); at least 0.3 s of each is needed.")
+    if length < MIN_SECONDS or len(ref) / reference_sr < MIN_SECONDS:
+        raise UserError(f"too little audio to compare ({min(length, len(ref) / reference_sr):.2f} s); "
+                        f"at least {MIN_SECONDS:g} s of each is needed.")
     model = model[: int(length * sr)]
     floor_mono = floor_mono[: int(length * reference_sr)]
 
     ref_logmel = logmel_frames(ref, reference_sr)
     _, ref_level = frame_features(ref_logmel)
-    ref_stats = (gaussian_stats(score_features(ref_logmel)), gaussian_stats(ref_level), gaussian_stats(ref_logmel))
+    ref_stats = (gaussian_stats(score_features(ref_logmel)), gaussian_stats(dynamics_features(ref_logmel)),
+                 gaussian_stats(ref_level), gaussian_stats(ref_logmel))
     rng = np.random.default_rng(seed)
     n = int(length * reference_sr)
     rms = float(np.sqrt((ref ** 2).mean())) or 1e-3  # noise at the reference's loudness, so level is not the tell
@@ -335,14 +384,14 @@ def evaluate_audio(audio: np.ndarray, reference: np.ndarray, sr: int, floor: np.
         "white noise": _measure(white_noise(n, rms, rng), reference_sr, ref_stats),
         "pink noise": _measure(pink_noise(n, rms, rng), reference_sr, ref_stats),
         "silence+dither": _measure(dithered_silence(n, rng), reference_sr, ref_stats),
+        "matched noise": _measure(matched_noise(floor_mono, rng), reference_sr, ref_stats),
     }
     model_measure = _measure(model, sr, ref_stats)
     reference_measure = _measure(ref, reference_sr, ref_stats)
-    floor_d = baselines["validation"].fd
-    ceiling = baselines["pink noise"].fd
-    score = (model_measure.fd - floor_d) / max(ceiling - floor_d, 1e-9)
-    info = {"reference_seconds": len(ref) / reference_sr}
-    return EvalResult(model_measure, reference_measure, baselines, float(score), sr, length, info)
+    result = EvalResult(model_measure, reference_measure, baselines, 0.0, 0.0, 0.0, sr, length,
+                        {"reference_seconds": len(ref) / reference_sr})
+    result.score, result.score_timbre, result.score_dynamics = (float(v) for v in result.scores(model_measure))
+    return result
 
 
 # --- reading references and rendering models ----------------------------------------------------------------
@@ -518,17 +567,18 @@ def card_section(result: EvalResult, data: str, seconds: float, seed: int) -> st
     """The quality section of a MODEL_CARD.md: a table a reader can read, and one machine-readable comment
     (`benchmarks/preset_quality.py` re-runs the same evaluation and compares)."""
     figures = {"data": str(data), "seconds": seconds, "seed": seed, "score": round(result.score, 4),
-               "fd": round(result.model.fd, 2), "fd_level_db": round(result.model.fd_level, 2),
-               "floor_fd": round(result.baselines["validation"].fd, 2),
-               "pink_fd": round(result.baselines["pink noise"].fd, 2)}
+               "score_timbre": round(result.score_timbre, 4), "score_dynamics": round(result.score_dynamics, 4),
+               "fd": round(result.model.fd, 2), "fd_dynamics": round(result.model.fd_dynamics, 2),
+               "fd_level_db": round(result.model.fd_level, 2)}
     rows = [("this model", result.model), *[(k, m) for k, m in result.baselines.items()]]
     lines = [f"Measured with `neuralinst eval --model <this preset> --data {data} --seconds {seconds:g} "
-             f"--seed {seed}` (Fréchet distance of per-frame-normalised log-mel frames plus frame level; score 0 = as close as "
-             "the validation split, 1 = as far as pink noise):", "",
-             "| audio | FD | score | level distance (dB) | spectral flatness | near-silent frames |",
-             "|---|---|---|---|---|---|"]
+             f"--seed {seed}` (Fréchet distances of log-mel timbre and dynamics statistics; score 0 = as close "
+             "as the validation split, 1 = as far as pink noise):", "",
+             "| audio | score | timbre | dynamics | level distance (dB) | spectral flatness | near-silent frames |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in rows:
-        lines.append(f"| {name} | {m.fd:.1f} | {result.normalise(m.fd):.3f} | {m.fd_level:.2f} | "
+        score, timbre, dynamics = result.scores(m)
+        lines.append(f"| {name} | {score:.3f} | {timbre:.3f} | {dynamics:.3f} | {m.fd_level:.2f} | "
                      f"{m.flatness:.3f} | {m.silent:.1%} |")
     lines += ["", f"<!-- {CARD_MARK} {json.dumps(figures, sort_keys=True)} -->"]
     return "\n".join(lines)

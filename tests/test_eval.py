@@ -24,8 +24,8 @@ def piano(fixtures_dir) -> np.ndarray:
 
 
 def thirds(piano: np.ndarray):
-    """Three disjoint parts of the same recording, interleaved 0.5 s blocks: reference, floor, 'model'."""
-    block = SR // 2
+    """Three disjoint parts of the same recording, interleaved 1 s blocks: reference, floor, 'model'."""
+    block = SR
     n = len(piano) // block
     blocks = piano[: n * block].reshape(n, block)
     return (blocks[0::3].reshape(-1), blocks[1::3].reshape(-1), blocks[2::3].reshape(-1))
@@ -158,9 +158,11 @@ def test_the_score_is_symmetric_in_model_and_floor(piano):
     b = ev.evaluate_audio(floor, ref, SR, floor=model)
     assert a.model.fd == pytest.approx(b.baselines["validation"].fd, rel=1e-9)
     assert b.model.fd == pytest.approx(a.baselines["validation"].fd, rel=1e-9)
+    assert a.model.fd_dynamics == pytest.approx(b.baselines["validation"].fd_dynamics, rel=1e-9)
     assert a.baselines["pink noise"].fd == pytest.approx(b.baselines["pink noise"].fd, rel=1e-9)
-    # so the scores are mirror images: (dA - dB) / (dP - dB) and (dB - dA) / (dP - dA)
-    assert np.sign(a.score) == -np.sign(b.score) or abs(a.score) < 1e-9
+    # so each component's scores are mirror images: (dA - dB) / (dP - dB) and (dB - dA) / (dP - dA)
+    assert np.sign(a.score_timbre) == -np.sign(b.score_timbre)
+    assert np.sign(a.score_dynamics) == -np.sign(b.score_dynamics)
 
 
 def test_a_different_kind_of_music_scores_worse_than_the_same_piano(piano):
@@ -177,6 +179,24 @@ def test_a_different_kind_of_music_scores_worse_than_the_same_piano(piano):
     other = ev.evaluate_audio(drums, ref, SR, floor=floor)
     assert other.model.fd > 3 * same.model.fd
     assert other.score > 0.5 > same.score
+
+
+def test_noise_with_the_musics_own_spectrum_fools_timbre_but_not_dynamics(piano):
+    ref, floor, model = thirds(piano)
+    real = ev.evaluate_audio(model, ref, SR, floor=floor)
+    matched = ev.evaluate_audio(ev.matched_noise(model, np.random.default_rng(1)), ref, SR, floor=floor)
+    assert matched.score_timbre < 0.4  # frame statistics alone are nearly fooled...
+    assert matched.score_dynamics > 0.6 and matched.score_dynamics > real.score_dynamics + 0.4  # ...time is not
+    assert matched.score > real.score + 0.2
+    assert 0.6 < real.scores(real.baselines["matched noise"])[2] < 1.3
+
+
+def test_a_degenerate_ruler_gives_nan_not_a_huge_number():
+    rng = np.random.default_rng(8)
+    noise = ev.pink_noise(SR * 6, 0.1, rng)  # the "real" audio is pink noise: the floor is as far as the ceiling
+    result = ev.evaluate_audio(ev.pink_noise(SR * 3, 0.1, rng), noise[: SR * 3], SR, floor=noise[SR * 3:])
+    assert np.isnan(result.score_timbre) and np.isnan(result.score_dynamics) and np.isnan(result.score)
+    assert "nan" in result.table()
 
 
 def test_without_a_floor_the_reference_is_split_in_halves(piano):
