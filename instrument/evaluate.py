@@ -13,9 +13,9 @@ and the score is their mean: *timbre* (frame statistics, below) and *dynamics* (
 half-second windows: per coarse band, the spread and the frame-to-frame change of level). Frame statistics alone
 are blind to time: matched noise scores ~0.3 on timbre, but ~0.9 on dynamics.
 
-Features. A raw log-mel frame is spectral *shape* (timbre) plus *level* (loudness, which depends on the gain a
+Timbre features. A raw log-mel frame is spectral *shape* plus *level* (loudness, which depends on the gain a
 set was rendered at and on how much of it is quiet) added to every band, so a Gaussian of raw log-mels counts a
-level difference N_MELS times over and level dominates. The distance here is computed on the per-frame-normalised
+level difference N_MELS times over and level dominates. The timbre distance is computed on the per-frame-normalised
 log-mel (each frame minus its mean over bands, in dB) with the frame level appended once as one more dimension:
 timbre decides, but a model that is too quiet, too loud or too often silent is still seen. The level's own 1-D
 Fréchet distance (in dB) and the raw log-mel distance are reported beside it. A floor of -80 dBFS under every
@@ -28,8 +28,8 @@ closer to the piano set than the piano-notes set is.
 
 Library API (the preset cards and benchmarks call these): `logmel_frames`, `frame_features`, `gaussian_stats`,
 `frechet_distance`, `spectral_flatness`, `silent_fraction`, `evaluate_audio`, `load_reference`, `render_model`,
-`write_spectrogram_png`, `card_section`, `read_card_figures`, `score_features`, `dynamics_features`. Numpy (and soxr, soundfile)
-only: instrument/ never imports torch.
+`write_spectrogram_png`, `card_section`, `read_card_figures`, `score_features`, `dynamics_features`,
+`matched_noise`. Numpy (and soxr, soundfile) only: instrument/ never imports torch.
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def frame_features(logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_features(logmel: np.ndarray) -> np.ndarray:
-    """What the score's distance is computed on: the spectral shape [F, N_MELS] plus the frame level once [F, 1].
+    """What the timbre distance is computed on: the spectral shape [F, N_MELS] plus the frame level once [F, 1].
     Raw log-mels count a level difference in every band (N_MELS times over); here it counts once, beside the
     shape, so a model that is too quiet, too loud or too often silent is still seen, without level dominating."""
     shape, level = frame_features(logmel)
