@@ -1,10 +1,16 @@
-"""`neuralinst export CHECKPOINT --out MODEL.onnx [--fp16] [--no-verify] [--verify-calls 200]`."""
+"""`neuralinst export CHECKPOINT --out MODEL.onnx [--fp16] [--no-verify] [--verify-calls 200] [--no-native]
+[--native-half]`.
+
+SampleRNN models also get their native weights beside the graph, MODEL.native.npz (instrument/native: the C
+sample loop the runtime prefers on the CPU). The npz carries the ONNX file's metadata plus its seal, so the runtime
+can tell that the two belong together. Both executors are verified against the torch model."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from instrument.errors import UserError
+from instrument.model import native_weights_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-calls", type=int, default=200, help="streaming calls to compare (default 200)")
     parser.add_argument("--no-optimise", action="store_true", help="skip onnxruntime's offline graph optimisation")
     parser.add_argument("--name", default=None, help="the model's display name (default: its config name)")
+    parser.add_argument("--no-native", action="store_true",
+                        help="SampleRNN: do not write the native weights (MODEL.native.npz) beside the model")
+    parser.add_argument("--native-half", action="store_true",
+                        help="SampleRNN: float16 native matrices (~1.3x faster); the model's weights are rounded "
+                             "to float16 first, so the ONNX graph plays the same rounded model")
+    parser.add_argument("--native-verify-calls", type=int, default=60,
+                        help="streaming calls comparing the native loop with torch (default 60)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +53,21 @@ def run(args: argparse.Namespace) -> int:
         raise
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{checkpoint}: cannot load the checkpoint ({e}).") from None
+    native = getattr(model, "kind", "") == "samplernn" and not args.no_native
+    if args.native_half and not native:
+        raise UserError("--native-half applies to SampleRNN models exported with their native weights.")
+    if args.native_verify_calls < 1:
+        raise UserError("--native-verify-calls must be at least 1.")
+    npz = native_weights_path(out)
+    if npz.exists():  # weights of an earlier export would otherwise pair with the new graph
+        npz.unlink()
+    if args.native_half:
+        # Before the ONNX export: the graph and the float16 native matrices must come from the same rounded model
+        # (see Model.round_weights_to_half_: rounded in place, the loaded model is never copied).
+        try:
+            model.round_weights_to_half_()
+        except ValueError as e:
+            raise UserError(f"--native-half: {e}.") from None
     try:
         result = export_model(model, out, info=info, fp16=args.fp16, optimise=not args.no_optimise, name=args.name)
     except ExportError as e:
@@ -49,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
           f"{meta.channels} ch, block {meta.block_size}, {len(meta.state)} state arrays, {meta.precision}) "
           f"in {result.seconds:.1f} s; {'; '.join(result.notes)}")
     if args.no_verify:
+        if native:
+            _write_native(model, out, npz, args.native_half)
         return 0
     device = "cpu"
     if args.fp16:  # fp16 is meant for GPUs: verify there when there is one (the CPU provider runs it too, slower)
@@ -62,4 +92,47 @@ def run(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)
         raise UserError(f"the exported graph does not stream like the torch model ({report.failure}); "
                         f"{out} was removed.")
+    if native:
+        _write_native(model, out, npz, args.native_half)
+        _verify_native(model, out, npz, args.native_verify_calls)
     return 0
+
+
+def _write_native(model, out: Path, npz: Path, half: bool) -> None:
+    """MODEL.native.npz: the weights in the C loop's layout, described by the ONNX file's own metadata and seal."""
+    import numpy as np
+
+    from export.native_weights import native_arrays
+    from instrument.model import SEAL_KEY, read_model_file, scan_onnx_bytes
+
+    data, meta = read_model_file(out)
+    meta.extra["onnx_sha256"] = scan_onnx_bytes(data).metadata[SEAL_KEY]  # pairs the two files
+    arrays = native_arrays(model, meta.to_json(), half=half)
+    tmp = npz.with_name(npz.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz"
+        np.savez(f, **arrays)
+    tmp.replace(npz)
+    print(f"wrote {npz} ({npz.stat().st_size / 1e6:.2f} MB, native SampleRNN weights, "
+          f"{'float16' if half else 'float32'} matrices)")
+
+
+def _verify_native(model, out: Path, npz: Path, calls: int) -> None:
+    """The native loop, loaded as the runtime loads it, against torch (same rule as the graph's verification).
+    A machine that cannot build the loop keeps the weights unverified: another machine may play them."""
+    from export.verify import verify_export
+    from instrument.model import load_model
+
+    try:
+        load_model(out, device="cpu", backend="native")
+    except UserError as e:
+        if "could not be built" in str(e):
+            print(f"native weights not verified here: {e}")
+            return
+        npz.unlink(missing_ok=True)
+        raise UserError(f"the native weights do not load ({e}); {npz} was removed.") from None
+    report = verify_export(model, out, calls=calls, device="cpu", backend="native")
+    print("native " + report.summary().replace("onnx - torch", "native - torch"))
+    if not report.passed:
+        npz.unlink(missing_ok=True)
+        raise UserError(f"the native loop does not stream like the torch model ({report.failure}); "
+                        f"{npz} was removed.")

@@ -110,8 +110,10 @@ def verify_export(
     tolerance: float | None = None,
     max_flip_rate: float = 1e-3,
     device: str = "cpu",
+    backend: str = "onnx",
 ) -> VerifyReport:
-    runtime = load_model(onnx_path, device=device, threads=1, batch=batch)
+    # backend="native": the same proof for a SampleRNN's C loop (the .native.npz beside the graph)
+    runtime = load_model(onnx_path, device=device, threads=1, batch=batch, backend=backend)
     meta = runtime.meta
     if tolerance is None:
         tolerance = FP16_TOLERANCE if meta.precision == "float16" else DEFAULT_TOLERANCE

@@ -48,6 +48,7 @@ class EngineConfig:
     channels: int = 2
     device: str = "auto"  # inference device for onnxruntime (auto | cpu | cuda)
     threads: int = 1  # inference threads (one is steadiest on a shared machine)
+    backend: str = "auto"  # executor: auto | onnx | native (SampleRNN's C loop; instrument.model.load_model)
 
 
 @dataclass
@@ -252,7 +253,8 @@ class Engine:
         if preset is not None:
             from instrument.model import load_model
 
-            model = load_model(str(preset.model_path), device=self.config.device, threads=self.config.threads)
+            model = load_model(str(preset.model_path), device=self.config.device, threads=self.config.threads,
+                               backend=self.config.backend)
             return Program(model, self.samplerate, self.config.channels, preset=preset, seed=seed,
                            key=str(getattr(preset, "path", "") or preset.model_path))
         if hasattr(what, "meta") and hasattr(what, "generate"):

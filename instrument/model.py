@@ -261,11 +261,12 @@ def _check_external_data(path: Path, locations: list[str]) -> None:
 
 def read_model_file(path: str | os.PathLike) -> tuple[bytes, ModelMeta]:
     """Read and check a model file up to (not including) onnxruntime; return its bytes and metadata."""
-    data, meta, _ = _read_and_check(Path(path))
+    data, meta, _, _ = _read_and_check(Path(path))
     return data, meta
 
 
-def _read_and_check(p: Path) -> tuple[bytes, ModelMeta, str]:
+def _read_and_check(p: Path) -> tuple[bytes, ModelMeta, str, str]:
+    """The file's bytes, its metadata (parsed and as text) and its seal, after every check."""
     name = p.name or str(p)
     if not p.exists():
         raise UserError(f"{p}: no such model file.")
@@ -297,7 +298,7 @@ def _read_and_check(p: Path) -> tuple[bytes, ModelMeta, str]:
         raise UserError(f"{name}: is corrupt (its contents do not match the seal written at export).")
     meta = ModelMeta.from_json(text, source=name)
     _check_initial_state(meta, name)
-    return data, meta, text
+    return data, meta, text, seal
 
 
 def _declared_version(text: str) -> int:
@@ -378,20 +379,36 @@ def _choose_providers(device: str, name: str) -> tuple[list[str], str]:
     return ["CPUExecutionProvider"], "cpu"
 
 
-def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, batch: int = 1) -> "RuntimeModel":
-    """Load, check and prepare an exported model; refuse anything unsafe with one `UserError` sentence."""
+def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, batch: int = 1,
+               backend: str = "auto") -> "RuntimeModel":
+    """Load, check and prepare an exported model; refuse anything unsafe with one `UserError` sentence.
+
+    backend: "onnx" runs the graph in onnxruntime; "native" runs a SampleRNN's C sample loop from the
+    `.native.npz` beside the file (the ONNX file is still read and checked, and the weights must match it);
+    "auto" is native when that works on the CPU, else onnx. The model's `backend` attribute says which runs,
+    and `backend_note` why auto chose the graph (None when it did not have to)."""
     import onnxruntime as ort
 
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}.")
     if not (isinstance(batch, int) and 1 <= batch <= MAX_BATCH):
         raise UserError(f"batch {batch!r} is out of range (1..{MAX_BATCH}).")
     if not (isinstance(threads, int) and 1 <= threads <= 256):
         raise UserError(f"threads {threads!r} is out of range (1..256).")
     p = Path(path)
-    _, meta, text = _read_and_check(p)
+    _, meta, text, seal = _read_and_check(p)
     total = batch * (meta.channels * meta.block_size + sum(math.prod(s.shape) * 2 for s in meta.state)
                      + sum(math.prod(c.shape) for c in meta.controls))
     if total * 4 > MAX_RUNTIME_BYTES or meta.channels * meta.block_size > MAX_ARRAY_ELEMENTS:
         raise UserError(f"{p.name}: its arrays would need {total * 4 / 1e9:.1f} GB at batch {batch}; refusing.")
+    note = None
+    if backend != "onnx":
+        try:
+            return _load_native(p, meta, seal, device, batch, explicit=backend == "native")
+        except UserError as e:
+            if backend == "native":
+                raise
+            note = str(e)  # auto: the graph plays instead, and the reason is kept for the UI
 
     providers, kind = _choose_providers(device, p.name)
     options = ort.SessionOptions()
@@ -404,7 +421,9 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
         session = ort.InferenceSession(str(p), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for bad graphs; all mean "refuse"
         if device == "auto" and kind == "cuda":
-            return load_model(path, device="cpu", threads=threads, batch=batch)
+            model = load_model(path, device="cpu", threads=threads, batch=batch, backend="onnx")
+            model.backend_note = note
+            return model
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p.name}: onnxruntime cannot load it ({first[:300]}).") from None
     if kind == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -416,7 +435,83 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
     if session.get_modelmeta().custom_metadata_map.get(METADATA_KEY) != text:
         raise UserError(f"{p.name}: onnxruntime reads different metadata from it than the seal covers; refusing.")
     _check_graph_io(session, meta, p.name)
-    return RuntimeModel(session, meta, p, batch=batch, device=kind)
+    model = RuntimeModel(session, meta, p, batch=batch, device=kind)
+    model.backend_note = note
+    return model
+
+
+# ==================================================================================================================
+# The native backend: a SampleRNN's C sample loop (instrument/native), paired with its checked ONNX file
+# ==================================================================================================================
+BACKENDS = ("auto", "onnx", "native")
+NATIVE_SUFFIX = ".native.npz"
+
+
+def native_weights_path(onnx_path: str | os.PathLike) -> Path:
+    """Where `neuralinst export` writes a SampleRNN's native weights: M.onnx -> M.native.npz beside it."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + NATIVE_SUFFIX)
+
+
+def _pairing_fields(meta: ModelMeta) -> dict[str, Any]:
+    """What the native weights must share with the ONNX file for the two to be the same instrument: the stream's
+    shape (kind, rate, block, state, controls, quantisation) and the model's identity (config, initial state,
+    checkpoint step). Names, versions and training-data notes may differ."""
+    return {
+        "kind": meta.kind,
+        "sample rate": meta.sample_rate,
+        "channel count": meta.channels,
+        "block size": meta.block_size,
+        "state": [(s.name, list(s.shape), s.dtype) for s in meta.state],
+        "controls": [(c.name, list(c.shape), c.role, c.minimum, c.maximum, c.default, c.distribution)
+                     for c in meta.controls],
+        "quantisation": meta.quantization,
+        "training config": meta.config,
+        "learned initial state": meta.extra.get("initial_state"),
+        "initial state noise": meta.extra.get("initial_state_noise_std"),
+        "checkpoint step": meta.extra.get("checkpoint_step"),
+    }
+
+
+def _load_native(p: Path, meta: ModelMeta, seal: str, device: str, batch: int, explicit: bool):
+    """The native executor for `p`, or a one-sentence UserError saying why there is none."""
+    import zipfile
+
+    if meta.kind != "samplernn":
+        raise UserError(f"{p.name}: the native backend plays SampleRNN models only, not {meta.kind}.")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; choose auto, cpu or cuda.")
+    if device == "cuda":
+        raise UserError(f"{p.name}: the native backend runs on the CPU; choose --device cpu (or auto) for it.")
+    if device == "auto" and not explicit:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            raise UserError(f"{p.name}: a GPU is available, so the graph runs there.")
+    npz = native_weights_path(p)
+    if not npz.is_file():
+        raise UserError(f"{p.name}: there are no native weights beside it ({npz.name}); re-export it with "
+                        f"`neuralinst export` to get them.")
+    from instrument.native.samplernn import load_native_model
+
+    try:
+        model = load_native_model(npz, batch=batch)
+    except UserError as e:
+        raise UserError(f"{npz.name}: {str(e).removeprefix(str(npz) + ': ')}") from None
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
+        # a truncated or damaged zip surfaces as one of these from numpy or ctypes
+        raise UserError(f"{npz.name}: is not a readable native weights file ({type(e).__name__}).") from None
+    own_seal = model.meta.extra.get("onnx_sha256")
+    if own_seal is not None and own_seal != seal:
+        raise UserError(f"{npz.name}: was written for another export of the model than {p.name}; re-export it.")
+    ours, theirs = _pairing_fields(model.meta), _pairing_fields(meta)
+    for what in ours:
+        if ours[what] != theirs[what]:
+            raise UserError(f"{npz.name}: does not match {p.name} (its {what} differs); re-export the model.")
+    # The checked ONNX metadata is the model's description from here on (its name, versions and data notes).
+    model.meta, model.path, model.backend, model.backend_note = meta, p, "native", None
+    model.weights_path = npz
+    return model
 
 
 # ==================================================================================================================
@@ -424,6 +519,9 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
 # ==================================================================================================================
 class RuntimeModel:
     """One loaded streaming graph with its state, controls and seeded noise. Not thread-safe: one owner thread."""
+
+    backend = "onnx"  # which executor runs (the native one has "native"); shown by the UI
+    backend_note: str | None = None  # why load_model(backend="auto") did not pick the native loop
 
     def __init__(self, session, meta: ModelMeta, path: Path, batch: int, device: str):
         import onnxruntime as ort

@@ -29,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--samplerate", type=int, default=None, help="device sample rate (default: the device's)")
     parser.add_argument("--device", default="auto", help="inference device: auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "native"],
+                        help="executor: auto (SampleRNN's native C loop where it can run), onnx or native")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the model's noise")
     parser.add_argument("--mode", default=None, choices=["oneshot", "continuous", "stream"],
                         help="voice mode (default: the preset's)")
@@ -55,7 +57,8 @@ def run(args) -> int:
     if args.mode:
         preset.mode = args.mode
     config = EngineConfig(block=args.block, ring_blocks=args.ring, output=args.output,
-                          samplerate=args.samplerate, device=args.device, threads=args.threads)
+                          samplerate=args.samplerate, device=args.device, threads=args.threads,
+                          backend=args.backend)
     engine = Engine(config)
     if not args.no_tui:
         try:

@@ -1,4 +1,5 @@
-"""`neuralinst render --model PATH_OR_PRESET --seconds S --out FILE.wav [--seed N] [--temperature T] [--device D]`
+"""`neuralinst render --model PATH_OR_PRESET --seconds S --out FILE.wav [--seed N] [--temperature T] [--device D]
+[--backend auto|onnx|native]`
 
 Offline generation through the live runtime (instrument.model), so a render is what the instrument would play
 with the same seed and controls; the same arguments give a byte-identical file.
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (if the model has one)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnx", "native"),
+                        help="executor: the ONNX graph, SampleRNN's native C loop (MODEL.native.npz), or auto "
+                             "(native where it can run; default)")
     parser.add_argument("--subtype", default="PCM_24", help="soundfile subtype (PCM_16, PCM_24, FLOAT)")
 
 
@@ -109,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".wav", ".flac"):
         raise UserError(f"--out {out} should end in .wav or .flac.")
     path, defaults = resolve_model(args.model)
-    model = load_model(path, device=args.device, threads=args.threads)
+    model = load_model(path, device=args.device, threads=args.threads, backend=args.backend)
+    if model.backend_note and model.meta.kind == "samplernn":  # auto chose the graph: say why, once
+        print(f"note: {model.backend_note}", file=sys.stderr)
     temperature = args.temperature
     if temperature is None and "temperature" in defaults and model.meta.controls_with_role("temperature"):
         temperature = float(defaults["temperature"])  # the preset's sound, as `neuralinst play` starts it
@@ -123,5 +129,5 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {out} ({e}).") from None
     rtf = args.seconds / elapsed if elapsed > 0 else float("inf")
     print(f"wrote {out}: {args.seconds:g} s, {model.sample_rate} Hz, {model.channels} ch, seed {args.seed}, "
-          f"{rtf:.1f}x real time on {model.providers[0]}")
+          f"{rtf:.1f}x real time on {model.providers[0]} ({model.backend} backend)")
     return 0
