@@ -494,13 +494,15 @@ def _load_native(p: Path, meta: ModelMeta, seal: str, device: str, batch: int, e
                         f"`neuralinst export` to get them.")
     from instrument.native.samplernn import load_native_model
 
+    unreadable = f"{npz.name}: is not a readable native weights file (a damaged, truncated or foreign archive)."
     try:
         model = load_native_model(npz, batch=batch)
     except UserError as e:
+        if "not a native SampleRNN weights file" in str(e):  # numpy's own reason is no help to a performer
+            raise UserError(unreadable) from None
         raise UserError(f"{npz.name}: {str(e).removeprefix(str(npz) + ': ')}") from None
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
-        # a truncated or damaged zip surfaces as one of these from numpy or ctypes
-        raise UserError(f"{npz.name}: is not a readable native weights file ({type(e).__name__}).") from None
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, RuntimeError):
+        raise UserError(unreadable) from None  # a damaged zip surfaces as one of these (zlib, CRC, ctypes)
     own_seal = model.meta.extra.get("onnx_sha256")
     if own_seal is not None and own_seal != seal:
         raise UserError(f"{npz.name}: was written for another export of the model than {p.name}; re-export it.")
