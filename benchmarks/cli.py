@@ -9,6 +9,7 @@ from instrument.errors import UserError
 BENCHMARKS = {
     "rtf": ("benchmarks.rtf", "real-time factor and per-call latency: onnxruntime vs torch eager, one core"),
     "native": ("benchmarks.samplernn_native", "SampleRNN sample loop: native C vs ONNX graph vs torch eager"),
+    "render": ("benchmarks.render_backends", "SampleRNN render speed per runtime backend (native, native16, onnx)"),
     "note": ("benchmarks.note_latency", "note-on -> sound through a real JACK server"),
     "switch": ("benchmarks.switch_latency", "program change -> new model audible"),
     "endurance": ("benchmarks.endurance", "N minutes of play with UI, CC stream and a CPU hog"),
