@@ -1,0 +1,466 @@
+"""The terminal UI (textual): what a performer sees and the computer keyboard as a controller.
+
+It only reads cheap snapshots (`engine.stats()`, the parameter bank, MIDI activity) at a bounded rate (15 Hz) and
+posts events; it never waits on the audio. Keys (F1 or ? shows them):
+
+    piano      z s x d c v g b h n j m , l . ; /   (lower octave)    q 2 w 3 e r 5 t 6 y 7 u i 9 o 0 p (upper)
+    - =        octave down / up                     space   all notes off
+    up/down    select a parameter                   left/right (shift: coarse) change it
+    ctrl+l     MIDI learn the selected parameter    esc     cancel learn
+    [ ]        previous / next preset               ctrl+p  preset list (1-9 or enter)
+    ctrl+r     record on/off                        ctrl+s  save the current state as a new preset
+    ctrl+q     quit (asks first while recording)
+
+A terminal reports key presses, not releases: a computer-keyboard note sounds for `GATE` seconds, longer while
+the key auto-repeats.
+"""
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.text import Text
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, OptionList, Static
+
+from instrument import events as ev
+from instrument.errors import UserError
+from instrument.mapping import Performance
+from instrument.midi import note_name
+
+REFRESH_HZ = 15
+GATE = 0.45  # seconds a computer-keyboard note is held after its last (auto-repeated) press
+LOWER_ROW = "zsxdcvgbhnjm,l.;/"
+UPPER_ROW = "q2w3er5t6y7ui9o0p"
+PIANO = {**{c: i for i, c in enumerate(LOWER_ROW)}, **{c: 12 + i for i, c in enumerate(UPPER_ROW)}}
+BAR = 24  # characters of a parameter bar
+
+HELP = __doc__.split("\n\n")[1]
+
+
+def _bar(u: float, width: int = BAR, pickup: float | None = None) -> Text:
+    u = min(max(u, 0.0), 1.0)
+    filled = int(round(u * width))
+    t = Text("█" * filled, style="bold cyan")
+    t.append("░" * (width - filled), style="grey35")
+    if pickup is not None:  # where the knob sits while it waits for soft takeover
+        i = min(int(pickup * width), width - 1)
+        t.stylize("bold yellow on grey15", i, i + 1)
+    return t
+
+
+def _db(x: float) -> float:
+    return 20 * math.log10(x) if x > 1e-6 else -120.0
+
+
+class Help(ModalScreen):
+    def compose(self) -> ComposeResult:
+        yield Static(Text(HELP + "\n\n(any key closes)"), id="help")
+
+    def on_key(self, event: events.Key) -> None:
+        event.stop()
+        self.dismiss()
+
+
+class ConfirmQuit(ModalScreen[bool]):
+    def compose(self) -> ComposeResult:
+        yield Static("Recording is running. Quit and finish the recording? [b]y[/b] / [b]n[/b]", id="confirm")
+
+    def on_key(self, event: events.Key) -> None:
+        event.stop()
+        self.dismiss(event.key in ("y", "enter"))
+
+
+class PresetList(ModalScreen[str | None]):
+    def __init__(self, names: list[str], current: str):
+        super().__init__()
+        self.names, self.current = names, current
+
+    def compose(self) -> ComposeResult:
+        options = [f"{i + 1}  {n}{'  (playing)' if n == self.current else ''}" for i, n in enumerate(self.names)]
+        yield Vertical(Static("Presets: number or enter to switch, esc to close"),
+                       OptionList(*options, id="preset-options"), id="presets")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.names[event.option_index])
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape":
+            event.stop()
+            self.dismiss(None)
+        elif event.character and event.character.isdigit() and event.character != "0":
+            i = int(event.character) - 1
+            event.stop()
+            if i < len(self.names):
+                self.dismiss(self.names[i])
+
+
+class SaveAs(ModalScreen[str | None]):
+    def __init__(self, suggestion: str):
+        super().__init__()
+        self.suggestion = suggestion
+
+    def compose(self) -> ComposeResult:
+        yield Vertical(Static("Save the current state as a new preset (enter saves, esc cancels):"),
+                       Input(value=self.suggestion, id="save-name"), id="save")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape":
+            event.stop()
+            self.dismiss(None)
+
+
+class InstrumentApp(App):
+    CSS_PATH = "tui.tcss"
+    BINDINGS = [Binding("ctrl+q", "request_quit", "quit", priority=True),
+                Binding("ctrl+c", "request_quit", "quit", priority=True, show=False)]
+
+    def __init__(self, engine, performance: Performance, midi=None, record_dir: str | Path = ".",
+                 output_name: str = ""):
+        super().__init__()
+        self.engine = engine
+        self.performance = performance
+        self.midi = midi
+        self.record_dir = Path(record_dir)
+        self.output_name = output_name
+        self.octave = 4  # z = C4 (MIDI 60)
+        self.gate = GATE
+        self.selected = 0
+        self.message = ""
+        self.message_until = 0.0
+        self.record_started: float | None = None
+        self.recorded: list[Path] = []
+        self.refreshes = 0
+        self.peak_hold = 0.0
+        self._gates: dict[int, object] = {}  # note -> timer that releases it
+        self._pressed_at: dict[int, float] = {}
+        self._latent_axes = (0, 1)
+        self._last_learning: str | None = None
+        self._bindings_seen = 0
+        performance.listeners.append(self._on_switched)
+
+    # --- layout --------------------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        with Horizontal(id="body"):
+            yield Static(id="params")
+            with Vertical(id="side"):
+                yield Static(id="meter")
+                yield Static(id="latent")
+                yield Static(id="midi")
+        yield Static(id="message")
+        yield Static(Text("F1/? help  z-row/q-row piano  -/= octave  ↑↓ select  ←→ change  ctrl+l learn  "
+                          "[ ] preset  ctrl+p list  ctrl+r rec  ctrl+s save  ctrl+q quit", style="grey62"),
+                     id="keys")
+
+    def on_mount(self) -> None:
+        self.title = "neuralinst"
+        self.refresh_view()
+        self.set_interval(1 / REFRESH_HZ, self.refresh_view)
+
+    # --- the view (15 Hz) ----------------------------------------------------------------------------------------
+    def refresh_view(self) -> None:
+        self.refreshes += 1
+        s = self.engine.stats()
+        p = self.performance.preset
+        sw = self.performance.switcher
+        head = Text()
+        head.append(f" {p.name} ", style="bold black on cyan")
+        head.append(f"  {p.kind} · {p.mode}")
+        if sw.switching:
+            head.append(f"  → loading {sw.switching}…", style="bold yellow")
+        head.append(f"   output {self.output_name or self.engine.config.output}  {s.samplerate} Hz  block {s.block}"
+                    f"  latency {s.latency_ms:.1f} ms (note {s.note_latency_ms:.1f} ms)\n")
+        model_sr = getattr(getattr(getattr(self.engine, "_program", None), "model", None), "meta", None)
+        if model_sr is not None:
+            head.append(f" model {model_sr.sample_rate} Hz  ")
+        head.append(f"ring {s.ring_fill * 100:3.0f}%  ")
+        head.append(f"underruns {s.underruns}  xruns {s.xruns}  ",
+                    style="bold red" if (s.underruns or s.xruns) else "")
+        rtf_style = "bold red" if 0 < s.model_rtf < 1.0 else "green"
+        head.append(f"model ×{s.model_rtf:.2f} real time", style=rtf_style)
+        head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  octave {self.octave}")
+        if s.recording:
+            elapsed = time.monotonic() - (self.record_started or time.monotonic())
+            head.append(f"   ● REC {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}  {Path(s.recording).name}",
+                        style="bold white on red")
+        self.query_one("#status", Static).update(head)
+        self.query_one("#params", Static).update(self._params_view())
+        self.query_one("#meter", Static).update(self._meter_view(s))
+        self.query_one("#latent", Static).update(self._latent_view())
+        self.query_one("#midi", Static).update(self._midi_view())
+        self._watch_learning()
+        msg = Text()
+        if sw.error:
+            msg.append(sw.error + "  ", style="bold red")
+        if self.performance.save_error:
+            msg.append(self.performance.save_error + "  ", style="bold red")
+        if self.message and time.monotonic() < self.message_until:
+            msg.append(self.message, style="bold yellow")
+        self.query_one("#message", Static).update(msg)
+
+    def _params_view(self) -> Text:
+        bank, mapper = self.performance.bank, self.performance.mapper
+        t = Text("Parameters  (CC: knob)\n", style="bold")
+        for i, name in enumerate(bank.names):
+            sel = i == self.selected
+            ccs = ",".join(str(c) for c in mapper.mapping.cc_numbers(name)) or "—"
+            learning = mapper.learning == name
+            t.append("▸ " if sel else "  ", style="bold yellow")
+            t.append(f"{name:<18}", style="bold" if sel else "")
+            t.append(f"{('LEARN' if learning else 'CC ' + ccs):<9}", style="bold black on yellow" if learning
+                     else "grey62")
+            t.append_text(_bar(bank.unit(name), pickup=mapper.pickup(name)))
+            spec = bank.specs[name]
+            v = bank.get(name)
+            t.append(f" {v:8.1f} {spec.unit}\n" if abs(v) >= 100 else f" {v:8.3f} {spec.unit}\n")
+        return t
+
+    def _meter_view(self, s) -> Text:
+        level = float(getattr(s, "level", 0.0))
+        self.peak_hold = max(level, self.peak_hold * 0.9)
+        db = _db(level)
+        u = min(max((db + 60) / 60, 0.0), 1.0)
+        width = 30
+        filled = int(round(u * width))
+        hold = min(int(min(max((_db(self.peak_hold) + 60) / 60, 0.0), 1.0) * width), width - 1)
+        t = Text("Level\n", style="bold")
+        bar = Text()
+        for i in range(width):
+            style = "green" if i < 0.7 * width else "yellow" if i < 0.9 * width else "red"
+            bar.append("█" if i < filled else ("│" if i == hold else "·"), style=style if i < filled or i == hold
+                       else "grey35")
+        t.append_text(bar)
+        t.append(f" {db:6.1f} dBFS" if db > -120 else "   -inf dBFS")
+        if s.peak >= 0.999:
+            t.append("  CLIP", style="bold white on red")
+        return t
+
+    def _latent_view(self) -> Text:
+        bank = self.performance.bank
+        name = bank.names[self.selected] if bank.names else ""
+        if name.startswith("latent."):
+            i = int(name.split(".")[1])
+            j = (i + 1) % 8 if f"latent.{(i + 1) % 8}" in bank else 0
+            self._latent_axes = (i, j)
+        i, j = self._latent_axes
+        xa, ya = f"latent.{i}", f"latent.{j}"
+        t = Text(f"Latent  x = {xa}  y = {ya}", style="bold")
+        if xa not in bank or ya not in bank:
+            t.append("\n  (this model has no latent knobs)")
+            return t
+        if "morph" in bank:
+            t.append(f"  morph {bank.get('morph'):.2f}")
+        w, h = 25, 7
+        x = int(round(bank.unit(xa) * (w - 1)))
+        y = int(round((1 - bank.unit(ya)) * (h - 1)))
+        for row in range(h):
+            line = Text("\n  ")
+            for col in range(w):
+                if (col, row) == (x, y):
+                    line.append("●", style="bold magenta")
+                elif col == w // 2 or row == h // 2:
+                    line.append("┼" if (col == w // 2 and row == h // 2) else "·", style="grey42")
+                else:
+                    line.append(" ")
+            t.append_text(line)
+        return t
+
+    def _midi_view(self) -> Text:
+        t = Text("MIDI\n", style="bold")
+        if self.midi is None:
+            t.append("  no MIDI input open (computer keyboard only)\n", style="grey62")
+            return t
+        for port, state in self.midi.status():
+            style = "green" if state in ("connected", "listening") else "bold red"
+            t.append(f"  {port}: {state}\n", style=style)
+        st = self.midi.stats
+        if st.malformed or st.flood_dropped or st.sysex:
+            t.append(f"  malformed {st.malformed}  sysex {st.sysex}  flood-dropped {st.flood_dropped}\n",
+                     style="yellow")
+        now = time.monotonic()
+        for when, port, text in list(self.midi.recent)[-6:]:
+            t.append(f"  {now - when:5.1f}s  {text}\n", style="grey70" if now - when > 2 else "")
+        return t
+
+    def _watch_learning(self) -> None:
+        mapper = self.performance.mapper
+        if self._last_learning and mapper.learning is None:
+            ccs = mapper.mapping.cc_numbers(self._last_learning)
+            where = self.performance.saved_to
+            self.say(f"learned: CC {ccs[-1] if ccs else '?'} → {self._last_learning}"
+                     + (f" (saved to {where})" if where else ""))
+        self._last_learning = mapper.learning
+
+    def say(self, text: str, seconds: float = 4.0) -> None:
+        self.message, self.message_until = text, time.monotonic() + seconds
+
+    # --- keys ----------------------------------------------------------------------------------------------------
+    def on_key(self, event: events.Key) -> None:
+        key, char = event.key, event.character
+        bank, perf = self.performance.bank, self.performance
+        handled = True
+        if char and len(char) == 1 and char in PIANO and not event.key.startswith("ctrl+"):
+            self.play_key(12 * (self.octave + 1) + PIANO[char])
+        elif char == "-":
+            self.octave = max(0, self.octave - 1)
+        elif char == "=":
+            self.octave = min(8, self.octave + 1)
+        elif key == "up":
+            self.selected = (self.selected - 1) % max(1, len(bank.names))
+        elif key == "down":
+            self.selected = (self.selected + 1) % max(1, len(bank.names))
+        elif key in ("left", "right", "shift+left", "shift+right"):
+            if bank.names:
+                steps = (8 if key.startswith("shift") else 1) * (1 if key.endswith("right") else -1)
+                bank.nudge(bank.names[self.selected], steps)
+        elif key == "ctrl+l":
+            if bank.names:
+                name = bank.names[self.selected]
+                perf.mapper.learn(name)
+                self.say(f"MIDI learn: move a knob to bind it to {name} (esc cancels)", 30)
+        elif key == "escape":
+            if perf.mapper.learning:
+                perf.mapper.cancel_learn()
+                self.say("learn cancelled")
+        elif char == "[":
+            perf.switcher.step(-1)
+        elif char == "]":
+            perf.switcher.step(+1)
+        elif key == "ctrl+p":
+            self.push_screen(PresetList(perf.switcher.names(), perf.preset.name), self._chosen)
+        elif key == "ctrl+r":
+            self.toggle_recording()
+        elif key == "ctrl+s":
+            self.push_screen(SaveAs(self._suggest_name()), self._save)
+        elif key in ("f1", "question_mark") or char == "?":
+            self.push_screen(Help())
+        elif char == " ":
+            perf.mapper.all_notes_off()
+            for note in list(self._gates):
+                self._release(note)
+        else:
+            handled = False
+        if handled:
+            event.stop()
+            event.prevent_default()
+            self.refresh_view()
+
+    def play_key(self, note: int) -> None:
+        if not 0 <= note <= 127:
+            return
+        now = time.monotonic()
+        timer = self._gates.pop(note, None)
+        repeat = timer is not None and now - self._pressed_at.get(note, 0.0) < 0.6
+        if timer is not None:
+            timer.stop()
+        if not repeat:  # a fresh press (auto-repeat only extends the note)
+            if timer is not None:
+                self.engine.post(ev.note_off(note))
+            self.engine.post(ev.note_on(note, 0.8))
+            self.say(f"key {note_name(note)}", 1.0)
+        self._pressed_at[note] = now
+        self._gates[note] = self.set_timer(self.gate, lambda: self._release(note))
+
+    def _release(self, note: int) -> None:
+        timer = self._gates.pop(note, None)
+        if timer is not None:
+            timer.stop()
+            self.engine.post(ev.note_off(note))
+
+    def _chosen(self, name: str | None) -> None:
+        if name:
+            self.performance.switcher.select_name(name)
+            self.say(f"switching to {name}…")
+
+    def _suggest_name(self) -> str:
+        return f"{self.performance.preset.name}-{datetime.now():%m%d-%H%M}"
+
+    def _save(self, name: str | None) -> None:
+        if not name:
+            return
+        from instrument.presets import save_preset
+
+        try:
+            path = save_preset(self.performance.preset, name, values=dict(self.performance.bank.values))
+            self.say(f"saved preset {name!r} to {path}")
+        except UserError as e:
+            self.say(str(e))
+
+    def _on_switched(self, preset) -> None:  # called on the switcher's thread
+        self.selected = min(self.selected, max(0, len(self.performance.bank.names) - 1))
+        self.call_from_thread(self.say, f"now playing {preset.name}")
+
+    # --- recording, quitting -------------------------------------------------------------------------------------
+    def toggle_recording(self) -> None:
+        if self.engine.stats().recording:
+            path = self.engine.stop_recording()
+            self.record_started = None
+            if path:
+                self.recorded.append(Path(path))
+            self.say(f"recording saved: {path}")
+        else:
+            name = f"neuralinst-{self.performance.preset.name}-{datetime.now():%Y%m%d-%H%M%S}.wav"
+            try:
+                path = self.engine.start_recording(self.record_dir / name)
+            except (UserError, OSError) as e:
+                self.say(f"cannot record: {e}")
+                return
+            self.record_started = time.monotonic()
+            self.say(f"recording to {path}")
+
+    def action_request_quit(self) -> None:
+        if self.engine.stats().recording:
+            self.push_screen(ConfirmQuit(), self._confirmed)
+        else:
+            self.exit(0)
+
+    def _confirmed(self, yes: bool | None) -> None:
+        if yes:
+            path = self.engine.stop_recording()
+            if path:
+                self.recorded.append(Path(path))
+            self.exit(0)
+
+
+def run(engine, preset, args) -> int:
+    """`neuralinst play` with the UI: the engine is running; open MIDI, build the performance, run the app."""
+    performance = Performance(engine, preset)
+    midi = None
+    select = getattr(args, "midi", None)
+    try:
+        from instrument.midi import MidiInput
+
+        midi = MidiInput(performance.mapper.handle, name=getattr(args, "midi_name", None) or "neuralinst",
+                         select=select, api=getattr(args, "midi_api", None)).start()
+    except UserError:
+        if select is not None:  # the performer asked for a port: say it is not there
+            performance.close()
+            raise
+        midi = None  # no MIDI system at all: the computer keyboard still plays
+    app = InstrumentApp(engine, performance, midi, record_dir=getattr(args, "record_dir", None) or ".",
+                        output_name=str(getattr(args, "output", "")))
+    try:
+        app.run()
+    finally:
+        if midi is not None:
+            midi.close()
+        performance.close()
+    for path in app.recorded:
+        print(f"recorded {path}")
+    return 0
+
+
+def make_app(engine, preset=None, performance: Performance | None = None, midi=None, **kwargs) -> InstrumentApp:
+    """The app as `run` builds it, for tests and benchmarks that drive it headless (`app.run_test()`)."""
+    performance = performance or Performance(engine, preset)
+    return InstrumentApp(engine, performance, midi, **kwargs)
