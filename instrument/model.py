@@ -445,6 +445,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
 # ==================================================================================================================
 BACKENDS = ("auto", "onnx", "native")
 NATIVE_SUFFIX = ".native.npz"
+NATIVE_UNAVAILABLE = "the native SampleRNN loop cannot run on this machine"  # no compiler, failed build or load
 
 
 def native_weights_path(onnx_path: str | os.PathLike) -> Path:
@@ -492,8 +493,14 @@ def _load_native(p: Path, meta: ModelMeta, seal: str, device: str, batch: int, e
     if not npz.is_file():
         raise UserError(f"{p.name}: there are no native weights beside it ({npz.name}); re-export it with "
                         f"`neuralinst export` to get them.")
-    from instrument.native.samplernn import load_native_model
+    from instrument.native.samplernn import load_library, load_native_model
 
+    try:  # builds the C loop on first use where the source is newer than the library
+        load_library()
+    except (UserError, OSError) as e:
+        reason = str(e).strip().splitlines()[0].rstrip(":. ") if str(e).strip() else type(e).__name__
+        raise UserError(f"{p.name}: {NATIVE_UNAVAILABLE} ({reason.removeprefix('the native SampleRNN loop ')}).") \
+            from None
     unreadable = f"{npz.name}: is not a readable native weights file (a damaged, truncated or foreign archive)."
     try:
         model = load_native_model(npz, batch=batch)

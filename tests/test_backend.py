@@ -213,3 +213,24 @@ def test_native_half_and_no_native_exports(tmp_path, capsys):
     assert not native_weights_path(out).exists() and load_model(out).backend == "onnx"
     assert neuralinst(["export", str(run), "--out", str(tmp_path / "y.onnx"), "--native-half", "--no-native"]) != 0
     assert "--native-half" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compiler", ["missing", "failing"])
+def test_no_compiler_or_a_failed_build_falls_back_or_is_one_sentence(compiler, exported, tmp_path, monkeypatch):
+    """A machine whose C loop cannot be built: auto plays the graph and says why; native is refused."""
+    from instrument.native import build, samplernn
+
+    monkeypatch.setattr(build, "LIBRARY", tmp_path / "_samplernn.so")  # not built here yet
+    monkeypatch.setattr(samplernn, "_LIB", None)  # forget the library this process already loaded
+    if compiler == "missing":
+        monkeypatch.delenv("CC", raising=False)
+        monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang to be found
+    else:
+        monkeypatch.setenv("CC", shutil.which("false"))  # a compiler that fails every build
+    with pytest.raises(UserError) as e:
+        load_model(exported, backend="native")
+    text = one_sentence(e)
+    assert "cannot run on this machine" in text and ("no C compiler" in text) == (compiler == "missing"), text
+    model = load_model(exported, device="cpu")
+    assert model.backend == "onnx" and model.backend_note == text
+    assert not build.LIBRARY.exists()
