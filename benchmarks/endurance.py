@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "when instrument/tui.py is present)")
     p.add_argument("--no-hog", action="store_true", help="no CPU hog on the other core")
     p.add_argument("--quick", action="store_true", help="a short run (20 s)")
+    p.add_argument("--seconds", type=float, default=None, help="play this many seconds (overrides --minutes)")
     p.add_argument("--realtime", action="store_true", help="run the private JACK server with realtime scheduling "
                    "(SCHED_FIFO, as on stage; needs the rtprio privilege)")
     p.add_argument("--server", default=None, help="use this running JACK server instead of a private one")
@@ -124,7 +125,7 @@ async def _play(app, seconds: float, sample) -> None:
 
 
 def run(args) -> int:
-    seconds = 20.0 if args.quick else 60.0 * args.minutes
+    seconds = args.seconds if args.seconds is not None else 20.0 if args.quick else 60.0 * args.minutes
     if seconds <= 0:
         raise UserError("--minutes must be positive.")
     lead = RATE // 2

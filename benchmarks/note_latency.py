@@ -131,19 +131,17 @@ class Probe:
         self.position = 0  # capture frames elapsed (keeps counting when the buffer is full or empty)
         self.start_frame: int | None = None
         self.xruns = 0
-        self.xrun_frames: list[int] = []  # capture frames (approximate) at which the server reported an xrun
+        self.xrun_frames: list[int] = []  # capture frames of cycles that did not follow on from the one before
         self.sent: list[tuple[int, bytes]] = []
         self._schedule: list[tuple[int, bytes]] = []
         self._next = 0
         self._now: collections.deque[bytes] = collections.deque()
         self._armed = False
+        self._last_cycle: int | None = None
+        # Server xruns are seen in the process callback, frame-exactly, as cycles that did not follow on from the
+        # last one (a Python xrun callback would run on JACK's notification thread, and was seen to deadlock
+        # jack_deactivate here under an xrun storm).
         self.client.set_process_callback(self._process)
-        self.client.set_xrun_callback(self._xrun)
-
-    def _xrun(self, delay) -> None:
-        self.xruns += 1
-        if self.start_frame is not None:
-            self.xrun_frames.append((self.client.frame_time - self.start_frame) % (1 << 32))
 
     def _process(self, n: int) -> None:
         self.midi_out.clear_buffer()
@@ -153,6 +151,10 @@ class Probe:
         if self.start_frame is None:
             self.start_frame = cycle
         rel = (cycle - self.start_frame) % (1 << 32)
+        if self._last_cycle is not None and (cycle - self._last_cycle) % (1 << 32) != n:
+            self.xruns += 1
+            self.xrun_frames.append(rel)
+        self._last_cycle = cycle
         self.position = rel + n
         k = min(n, len(self.buf) - rel)
         if k > 0:
@@ -182,15 +184,21 @@ class Probe:
         """The current capture frame (JACK's estimate between cycles)."""
         return (self.client.frame_time - (self.start_frame or self.client.frame_time)) % (1 << 32)
 
-    def start(self, midi_target: str | None, audio_prefix: str = "PortAudio:out_", timeout: float = 5.0) -> "Probe":
+    def start(self, midi_target: str | None, audio_ports: str = "^PortAudio[^:]*:out_[0-9]+$", timeout: float = 5.0
+              ) -> "Probe":
+        """Connect the instrument's audio outputs (a regular expression: PortAudio's client is "PortAudio", or
+        "PortAudio-01" when another PortAudio in the server holds the name; JACK takes POSIX extended regular
+        expressions) and MIDI input, then start."""
         self.client.activate()
         end = time.monotonic() + timeout
         while True:
-            sources = self.client.get_ports(audio_prefix, is_output=True, is_audio=True)
+            sources = self.client.get_ports(audio_ports, is_output=True, is_audio=True)
             if len(sources) >= len(self.audio_in):
                 break
             if time.monotonic() > end:
-                raise UserError(f"no JACK output ports named {audio_prefix}* appeared: is the engine playing?")
+                have = [p.name for p in self.client.get_ports(is_output=True, is_audio=True)]
+                raise UserError(f"no JACK output ports matching {audio_ports} appeared (audio outputs: {have}): "
+                                "is the engine playing?")
             time.sleep(0.01)
         for src, dst in zip(sources, self.audio_in):
             self.client.connect(src, dst)
@@ -400,10 +408,18 @@ def measure(config: str, model_path: Path, midi_path: str, notes: int, interval_
         method = "xcorr"
     found = [lag for lag in lags if lag is not None]
     s = stats_ms(np.asarray(found, np.float64) / RATE)
+    # Notes with a JACK server xrun near them (from 4 periods before the note to 8 after its sound): on a loaded
+    # machine without realtime scheduling the server itself misses cycles, which no client can hide. The clean
+    # notes show what the instrument's own scheduling does; the target is judged on all notes.
+    xr = np.asarray(probe.xrun_frames, np.int64)
+    clean = [lag for f, lag in zip(sent, lags) if lag is not None
+             and not np.any((xr >= f - 4 * PERIOD) & (xr <= f + lag + 8 * PERIOD))]
+    sc = stats_ms(np.asarray(clean, np.float64) / RATE)
     row = {
         "config": config, "kind": preset.kind, "mode": preset.mode, "midi": midi_path, "method": method,
         "notes": len(sent), "detected": len(found), "latency_ms": s,
         "jitter_ms": (s["p99"] - s["p1"]) if found else None,
+        "clean_notes": len(clean), "clean_latency_ms": sc, "clean_jitter_ms": (sc["p99"] - sc["p1"]) if clean else None,
         "underruns": after.underruns - before.underruns, "xruns": after.xruns - before.xruns,
         "probe_xruns": probe.xruns, "engine_note_latency_ms": after.note_latency_ms,
         "ring_latency_ms": after.ring_latency_ms, "model_rtf": after.model_rtf,
@@ -463,11 +479,12 @@ def run(args) -> int:
     figures = {"samplerate": RATE, "period": PERIOD, "interval_ms": args.interval_ms,
                "targets": {"p99_ms": TARGET_P99_MS, "jitter_ms": TARGET_JITTER_MS}, "rows": rows}
     path = save(args.name, figures, args.out)
-    print_table(["config", "mode", "midi", "notes", "found", "p1 ms", "p50 ms", "p99 ms", "jitter ms", "underruns",
-                 "target"],
+    print_table(["config", "mode", "midi", "notes", "found", "p1 ms", "p50 ms", "p99 ms", "jitter ms", "clean",
+                 "clean jitter", "underruns", "srv xruns", "target"],
                 [[r["config"], r["mode"], r["midi"], r["notes"], r["detected"], r["latency_ms"].get("p1", "-"),
                   r["latency_ms"].get("p50", "-"), r["latency_ms"].get("p99", "-"),
-                  r["jitter_ms"] if r["jitter_ms"] is not None else "-", r["underruns"],
-                  "met" if r["meets_target"] else "missed"] for r in rows])
+                  r["jitter_ms"] if r["jitter_ms"] is not None else "-", r["clean_notes"],
+                  r["clean_jitter_ms"] if r["clean_jitter_ms"] is not None else "-", r["underruns"],
+                  r["probe_xruns"], "met" if r["meets_target"] else "missed"] for r in rows])
     print(f"wrote {path}")
     return 0
