@@ -24,6 +24,7 @@ SMOOTH_SECONDS = 0.02
 OPEN_CUTOFF = 19000.0  # Hz
 LIMITER_LOOKAHEAD = 0.0005  # seconds: the only latency the chain adds
 _server = None  # (pyo.Server, sr, block, channels)
+_active_chain = None  # the EffectsChain currently in the server's graph
 
 
 def _pyo():
@@ -52,7 +53,11 @@ def _get_server(sr: int, block: int, channels: int):
 
 class EffectsChain:
     def __init__(self, samplerate: int, block: int, channels: int = 2, settings: dict | None = None):
+        global _active_chain
         pyo = _pyo()
+        if _active_chain is not None:  # one chain per process: the server's buffers are shared
+            _active_chain.close()
+        _active_chain = self
         self.sr, self.block, self.channels = int(samplerate), int(block), int(channels)
         self.latency_frames = int(round(LIMITER_LOOKAHEAD * self.sr))
         self.server = _get_server(self.sr, self.block, channels)
@@ -159,5 +164,15 @@ class EffectsChain:
         return out
 
     def close(self) -> None:
-        for obj in (self.output,):
+        """Take this chain out of the (shared) pyo server: a chain left running would add to the next one's
+        output, since every chain reads the same input buffer."""
+        global _active_chain
+        for obj in self._objects():
             obj.stop()
+        if _active_chain is self:
+            _active_chain = None
+
+    def _objects(self):
+        return [self.output, self.clipped, self.limited, self.comp, self.mix, self.reverb, self.delay,
+                self.send_bus, self.voice_f, self.vlp2, self.vlp1, self.stream_f, self.lp2, self.lp1,
+                self.voice_in, self.stream_in, *self.sig.values()]

@@ -14,6 +14,7 @@ See docs/DESIGN.md §4 for the API.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -37,6 +38,8 @@ from instrument.voices import VoicePool
 NULL_SAMPLERATE = 48000
 SCHEDULE_MARGIN = 0.002  # seconds added to one block for the note scheduling delay
 SWITCH_INTERVAL = 0.001  # seconds
+WORKER_NICE = -5  # the producer and the audio callback thread ask for a better-than-default share of the CPU
+CALLBACK_NICE = -10
 
 
 @dataclass
@@ -180,6 +183,7 @@ class Engine:
         self._lin = (np.arange(1, 4 * B + 1, dtype=np.float32) / B)[:, None]
         self._ramp = np.zeros((4 * B, 1), np.float32)
         self._bend = 0.0
+        self._callback_prioritised = False
         # Worker scratch.
         self._sendbuf = np.zeros((B, ch), np.float32)
         self._outbuf = np.zeros((B, ch), np.float32)
@@ -214,9 +218,20 @@ class Engine:
         return self
 
     def stop(self) -> EngineStats:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
+        stream, self._stream = self._stream, None  # never stop twice, even if stopping fails
+        if stream is not None:
+            try:
+                stream.stop()
+            except Exception:  # PortAudio timed out waiting for a starved audio server: abort instead
+                try:
+                    stream.abort()
+                except Exception:
+                    pass
+            try:
+                stream.close()
+            except Exception:
+                pass
+        self._stream = stream  # stats() reads the device latency from it
         stats = self.stats()
         self._stream = None
         self._running = False
@@ -232,6 +247,8 @@ class Engine:
         if self._fading is not None:
             self._fading[0].close()
         self._program, self._fading, self._warm = None, None, {}
+        if hasattr(self, "_effects"):
+            self._effects.close()
         return stats
 
     def __enter__(self):
@@ -380,6 +397,7 @@ class Engine:
 
     # --- producer (worker thread) ------------------------------------------------------------------------
     def _worker(self) -> None:
+        raise_thread_priority(WORKER_NICE)
         B = self.config.block
         poll = max(0.0005, 0.25 * B / self.samplerate)
         while self._running:
@@ -435,6 +453,9 @@ class Engine:
 
     # --- audio callback: copies and mixes only ---------------------------------------------------------
     def _callback(self, outdata, frames, time_info, status) -> None:
+        if not self._callback_prioritised:  # once, on the audio thread itself (one system call)
+            self._callback_prioritised = True
+            raise_thread_priority(CALLBACK_NICE)
         if status:
             self._xruns += 1
         now = self.clock()
@@ -497,6 +518,17 @@ class Engine:
                 self._voices.note_on(note, e.b * e.b, clip, offset)
         elif prog.reset_on_note:
             self._controls.post(e)  # the worker re-seeds the stream
+
+
+def raise_thread_priority(nice: int) -> bool:
+    """Best effort: favour the calling thread over ordinary work (Linux per-thread nice; needs the privilege,
+    silently skipped without it). An audio app would ask for real-time scheduling; a nice level is what works
+    without a real-time kernel setup and cannot lock the machine up."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        return True
+    except (OSError, AttributeError):
+        return False
 
 
 def effect_settings(effects: dict | None) -> dict[str, float]:

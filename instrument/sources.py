@@ -100,7 +100,11 @@ class Program:
                             f"this {self.meta.kind} model streams (mode 'stream').")
         self.out_rate, self.out_channels = int(out_rate), int(out_channels)
         self.seed = int(seed)
-        self.mapper = LatentMapper(self.meta, _get(preset, "latents") or {}, seed=seed)
+        latents = dict(_get(preset, "latents") or {})
+        morph = _get(preset, "morph")
+        if morph and all(name in latents for name in morph):  # the preset names the two ends of `morph`
+            latents = {morph[0]: latents[morph[0]], morph[1]: latents[morph[1]], **latents}
+        self.mapper = LatentMapper(self.meta, latents, seed=seed)
         self.params: list[ParamSpec] = performer_params(self.meta, self.mode)
         self.values: dict[str, float] = {p.name: p.default for p in self.params}
         for name, value in (_get(preset, "defaults") or {}).items():

@@ -25,6 +25,13 @@ class JackCapture:
         self.buf = np.zeros((int(seconds * self.rate), channels), np.float32)
         self.frames = 0
         self.first_frame_time: int | None = None  # JACK frame time of buffer frame 0
+        # Per captured cycle: its JACK frame time and where it starts in the buffer. Under load the server skips
+        # cycles (xruns), so buffer index and JACK time drift apart; these map one onto the other exactly.
+        cycles = len(self.buf) // 16 + 1
+        self.cycle_frame_time = np.zeros(cycles, np.int64)
+        self.cycle_index = np.zeros(cycles, np.int64)
+        self.cycle_wall = np.zeros(cycles, np.float64)  # time.monotonic() when the cycle ran
+        self.cycles = 0
         self.ports = [self.client.inports.register(f"in_{i}") for i in range(channels)]
         self._connected = False
         self.client.set_process_callback(self._process)
@@ -35,8 +42,12 @@ class JackCapture:
                 return
             self.first_frame_time = self.client.last_frame_time
         n = min(nframes, len(self.buf) - self.frames)
-        if n <= 0:
+        if n <= 0 or self.cycles >= len(self.cycle_index):
             return
+        self.cycle_frame_time[self.cycles] = self.client.last_frame_time
+        self.cycle_index[self.cycles] = self.frames
+        self.cycle_wall[self.cycles] = time.monotonic()
+        self.cycles += 1
         for c, port in enumerate(self.ports):
             self.buf[self.frames:self.frames + n, c] = port.get_array()[:n]
         self.frames += n
@@ -65,8 +76,35 @@ class JackCapture:
         return self.frames >= frames
 
     def frame_now(self) -> int:
-        """The capture frame index corresponding to 'now' (JACK's estimate of the current frame)."""
-        return self.client.frame_time - (self.first_frame_time or 0)
+        """JACK's estimate of the current frame time (absolute, like `jack_frame_of`)."""
+        return self.client.frame_time
+
+    def jack_frame_of(self, index: int) -> int:
+        """The JACK frame time at which buffer frame `index` was played."""
+        k = int(np.searchsorted(self.cycle_index[: self.cycles], index, side="right")) - 1
+        return int(self.cycle_frame_time[k] + (index - self.cycle_index[k]))
+
+    def index_of(self, frame_time: int) -> int:
+        """The first buffer index played at or after JACK frame time `frame_time`."""
+        starts = self.cycle_frame_time[: self.cycles]
+        k = int(np.searchsorted(starts, frame_time, side="right")) - 1
+        if k < 0:
+            return 0
+        return int(self.cycle_index[k] + min(frame_time - starts[k], self._cycle_len(k)))
+
+    def index_at_wall(self, t: float) -> int:
+        """The buffer index of the first cycle that ran after monotonic time `t`."""
+        k = int(np.searchsorted(self.cycle_wall[: self.cycles], t, side="left"))
+        return int(self.cycle_index[min(k, self.cycles - 1)])
+
+    def wall_of(self, index: int) -> float:
+        """When (monotonic) buffer frame `index` was delivered: its cycle's run time + its offset in the cycle."""
+        k = int(np.searchsorted(self.cycle_index[: self.cycles], index, side="right")) - 1
+        return float(self.cycle_wall[k] + (index - self.cycle_index[k]) / self.rate)
+
+    def _cycle_len(self, k: int) -> int:
+        end = self.cycle_index[k + 1] if k + 1 < self.cycles else self.frames
+        return int(end - self.cycle_index[k])
 
     def audio(self) -> np.ndarray:
         return self.buf[: self.frames].copy()
