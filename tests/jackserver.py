@@ -38,11 +38,13 @@ class JackServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "JackServer":
+        # -t 5000: a client that misses a cycle deadline by < 5 s is not zombified. On a loaded 2-core machine the
+        # default 500 ms let jackd evict a client, and PortAudio's stop then waited forever for its callback.
         jackd = shutil.which("jackd")
         if jackd is None:
             raise RuntimeError("jackd is not installed: run ./dev setup (it installs the Debian package jackd2).")
         self.proc = subprocess.Popen(
-            [jackd, "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
+            [jackd, "--no-realtime", "-t", "5000", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
