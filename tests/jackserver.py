@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 SERVER_NAME = f"neuralinst-test-{os.getpid()}"
 RATE = 48000
@@ -41,16 +43,20 @@ class JackServer:
         # -t 5000: a client that misses a cycle deadline by < 5 s is not zombified. On a loaded 2-core machine the
         # default 500 ms let jackd evict a client, and PortAudio's stop then waited forever for its callback.
         jackd = shutil.which("jackd")
+        self.log = tempfile.NamedTemporaryFile("w+b", prefix=f"{self.name}-", suffix=".log", delete=False)
         if jackd is None:
             raise RuntimeError("jackd is not installed: run ./dev setup (it installs the Debian package jackd2).")
         self.proc = subprocess.Popen(
             [jackd, "--no-realtime", "-t", "5000", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            # Its messages go to a file, never a pipe: under load jackd prints an xrun line per late cycle, and a
+            # pipe nobody reads fills up and blocks jackd (and with it every client).
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
         ok = subprocess.run(["jack_wait", "-w", "-t", "10", "-s", self.name], capture_output=True, text=True)
         if ok.returncode != 0 or self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            self.log.flush()
+            err = Path(self.log.name).read_text(errors="replace")[-2000:]
             self.stop()
             raise RuntimeError(f"jackd did not start: {ok.stdout} {ok.stderr} {err}")
         refresh_portaudio()
@@ -66,6 +72,10 @@ class JackServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+            self.log = None
 
 
 def refresh_portaudio() -> None:
