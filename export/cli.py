@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.verify_calls < 1:
         raise UserError("--verify-calls must be at least 1.")
+    if args.native_verify_calls < 1:
+        raise UserError("--native-verify-calls must be at least 1.")
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise UserError(f"--out {out} should end in .onnx.")
@@ -56,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     native = getattr(model, "kind", "") == "samplernn" and not args.no_native
     if args.native_half and not native:
         raise UserError("--native-half applies to SampleRNN models exported with their native weights.")
-    if args.native_verify_calls < 1:
-        raise UserError("--native-verify-calls must be at least 1.")
     npz = native_weights_path(out)
     if npz.exists():  # weights of an earlier export would otherwise pair with the new graph
         npz.unlink()
