@@ -14,6 +14,7 @@ See docs/DESIGN.md §4 for the API.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -59,6 +60,7 @@ class EngineStats:
     blocks: int = 0  # audio callbacks run
     underruns: int = 0  # callbacks that found the ring short of a block (silence was played)
     xruns: int = 0  # callbacks with a PortAudio status flag (output underflow etc.)
+    server_underruns: int = 0  # the underruns that followed an xrun within a ring's depth (a starved server)
     latency_ms: float = 0.0  # measured output latency: mean ring fill + device latency
     ring_fill: float = 0.0  # ring fill now, 0..1
     model_rtf: float = 0.0  # seconds of model audio per second of inference (> 1 keeps up)
@@ -150,7 +152,8 @@ class Engine:
         self.stats_reset()
 
     def stats_reset(self) -> None:
-        self._blocks = self._underruns = self._xruns = 0
+        self._blocks = self._underruns = self._xruns = self._server_underruns = 0
+        self._last_xrun_block = -(10 ** 9)
         self._fill_sum = 0
         self._peak = 0.0
         self._work_seconds = 0.0
@@ -194,6 +197,10 @@ class Engine:
         self._install(program)
         if program.cache is not None:
             program.cache.wait_ready(30)  # the first notes should find every key rendered
+        # Everything loaded so far lives for the whole performance: move it out of the collector's sight, so a
+        # full garbage collection (which holds the GIL, stalling the producer and the callback) stays short.
+        gc.collect()
+        gc.freeze()
         self.stats_reset()
         for _ in range(c.ring_blocks):  # prefill: the first callback already has a full ring
             self._produce(None)
@@ -380,7 +387,7 @@ class Engine:
         elapsed = time.monotonic() - self._t_start
         prog = self._program
         return EngineStats(
-            blocks=blocks, underruns=self._underruns, xruns=self._xruns,
+            blocks=blocks, underruns=self._underruns, xruns=self._xruns, server_underruns=self._server_underruns,
             latency_ms=round(ring_ms + fx_ms + device_ms, 3),
             ring_fill=round(self._ring.available() / self._ring.capacity, 3) if hasattr(self, "_ring") else 0.0,
             model_rtf=round(produced / compute, 3) if compute > 0 else 0.0,
@@ -458,12 +465,17 @@ class Engine:
             raise_thread_priority(CALLBACK_NICE)
         if status:
             self._xruns += 1
+            self._last_xrun_block = self._blocks
         now = self.clock()
         fill = self._ring.available()
         got = self._ring.read_into(outdata)
         if got < frames:
             outdata[got:] = 0.0
             self._underruns += 1
+            if self._blocks - self._last_xrun_block <= self.config.ring_blocks + 2:
+                # Right after the server missed cycles: it may now be running cycles back to back to catch
+                # up, draining the ring faster than real time (a starved server, not a slow producer).
+                self._server_underruns += 1
         self._fill_sum += fill
         q, sr = self._notes, self.samplerate
         while True:

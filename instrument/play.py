@@ -32,6 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "native"],
                         help="executor: auto (SampleRNN's native C loop where it can run), onnx or native")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the model's noise")
+    parser.add_argument("--midi", default=None, metavar="NAME",
+                        help="connect only the MIDI sources whose name contains NAME (default: all; with the UI)")
+    parser.add_argument("--midi-name", default="neuralinst", help="name of the instrument's own MIDI input port")
+    parser.add_argument("--record-dir", default=".", help="folder for recordings started from the UI")
     parser.add_argument("--mode", default=None, choices=["oneshot", "continuous", "stream"],
                         help="voice mode (default: the preset's)")
 
@@ -87,6 +91,7 @@ def run(args) -> int:
         stats = engine.stop()
     summary = {
         "blocks": stats.blocks, "underruns": stats.underruns, "xruns": stats.xruns,
+        "server_underruns": stats.server_underruns,
         "latency_ms": stats.latency_ms, "ring_latency_ms": stats.ring_latency_ms,
         "device_latency_ms": stats.device_latency_ms, "model_rtf": stats.model_rtf, "peak": stats.peak,
         "seconds": stats.elapsed, "samplerate": stats.samplerate, "block": stats.block, "mode": stats.mode,
