@@ -445,7 +445,13 @@ class PresetSwitcher:
                     continue
                 self.switching = name
                 preset = load_preset(name)
-                self.engine.switch(preset, crossfade_ms=self.crossfade_ms)
+                done = self.engine.switch(preset, crossfade_ms=self.crossfade_ms)
+                if hasattr(done, "wait"):  # the engine loads and crossfades in the background
+                    done.wait(60.0)
+                failed = getattr(self.engine, "last_error", None)
+                if failed:
+                    self.error = failed
+                    continue
                 self.current, self.error = preset, ""
                 self.switches += 1
                 if self.on_switched:

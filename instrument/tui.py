@@ -145,7 +145,7 @@ class InstrumentApp(App):
         self._pressed_at: dict[int, float] = {}
         self._latent_axes = (0, 1)
         self._last_learning: str | None = None
-        self._bindings_seen = 0
+        self._shown: dict[str, Text] = {}
         performance.listeners.append(self._on_switched)
 
     # --- layout --------------------------------------------------------------------------------------------------
@@ -164,6 +164,8 @@ class InstrumentApp(App):
 
     def on_mount(self) -> None:
         self.title = "neuralinst"
+        self._widgets = {w: self.query_one(f"#{w}", Static) for w in ("status", "params", "meter", "latent", "midi",
+                                                                      "message")}
         self.refresh_view()
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
 
@@ -183,21 +185,21 @@ class InstrumentApp(App):
         model_sr = getattr(getattr(getattr(self.engine, "_program", None), "model", None), "meta", None)
         if model_sr is not None:
             head.append(f" model {model_sr.sample_rate} Hz  ")
-        head.append(f"ring {s.ring_fill * 100:3.0f}%  ")
+        head.append(f"ring {round(s.ring_fill * 4) * 25:3d}%  ")
         head.append(f"underruns {s.underruns}  xruns {s.xruns}  ",
                     style="bold red" if (s.underruns or s.xruns) else "")
         rtf_style = "bold red" if 0 < s.model_rtf < 1.0 else "green"
-        head.append(f"model ×{s.model_rtf:.2f} real time", style=rtf_style)
+        head.append(f"model ×{s.model_rtf:.3g} real time", style=rtf_style)
         head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  octave {self.octave}")
         if s.recording:
             elapsed = time.monotonic() - (self.record_started or time.monotonic())
             head.append(f"   ● REC {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}  {Path(s.recording).name}",
                         style="bold white on red")
-        self.query_one("#status", Static).update(head)
-        self.query_one("#params", Static).update(self._params_view())
-        self.query_one("#meter", Static).update(self._meter_view(s))
-        self.query_one("#latent", Static).update(self._latent_view())
-        self.query_one("#midi", Static).update(self._midi_view())
+        self._show("status", head)
+        self._show("params", self._params_view())
+        self._show("meter", self._meter_view(s))
+        self._show("latent", self._latent_view())
+        self._show("midi", self._midi_view())
         self._watch_learning()
         msg = Text()
         if sw.error:
@@ -206,7 +208,14 @@ class InstrumentApp(App):
             msg.append(self.performance.save_error + "  ", style="bold red")
         if self.message and time.monotonic() < self.message_until:
             msg.append(self.message, style="bold yellow")
-        self.query_one("#message", Static).update(msg)
+        self._show("message", msg)
+
+    def _show(self, widget_id: str, text: Text) -> None:
+        """Update a panel only when its text changed: every update costs a render, and the UI shares the
+        interpreter (and its GIL) with the audio callback."""
+        if self._shown.get(widget_id) != text:
+            self._shown[widget_id] = text
+            self._widgets[widget_id].update(text)
 
     def _params_view(self) -> Text:
         bank, mapper = self.performance.bank, self.performance.mapper
@@ -287,9 +296,10 @@ class InstrumentApp(App):
         if st.malformed or st.flood_dropped or st.sysex:
             t.append(f"  malformed {st.malformed}  sysex {st.sysex}  flood-dropped {st.flood_dropped}\n",
                      style="yellow")
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         for when, port, text in list(self.midi.recent)[-6:]:
-            t.append(f"  {now - when:5.1f}s  {text}\n", style="grey70" if now - when > 2 else "")
+            stamp = datetime.fromtimestamp(wall - (now - when)).strftime("%H:%M:%S")
+            t.append(f"  {stamp}  {text}\n", style="" if now - when < 2 else "grey62")
         return t
 
     def _watch_learning(self) -> None:
