@@ -53,7 +53,7 @@ class JackServer:
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-        ok = subprocess.run(["jack_wait", "-w", "-t", "10", "-s", self.name], capture_output=True, text=True)
+        ok = subprocess.run(["jack_wait", "-w", "-t", "30", "-s", self.name], capture_output=True, text=True)
         if ok.returncode != 0 or self.proc.poll() is not None:
             self.log.flush()
             err = Path(self.log.name).read_text(errors="replace")[-2000:]
