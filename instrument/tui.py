@@ -121,6 +121,7 @@ class SaveAs(ModalScreen[str | None]):
 
 class InstrumentApp(App):
     CSS_PATH = "tui.tcss"
+    ENABLE_COMMAND_PALETTE = False  # ctrl+p is the preset list here
     BINDINGS = [Binding("ctrl+q", "request_quit", "quit", priority=True),
                 Binding("ctrl+c", "request_quit", "quit", priority=True, show=False)]
 
@@ -180,17 +181,16 @@ class InstrumentApp(App):
         head.append(f"  {p.kind} · {p.mode}")
         if sw.switching:
             head.append(f"  → loading {sw.switching}…", style="bold yellow")
-        head.append(f"   output {self.output_name or self.engine.config.output}  {s.samplerate} Hz  block {s.block}"
-                    f"  latency {s.latency_ms:.1f} ms (note {s.note_latency_ms:.1f} ms)\n")
-        model_sr = getattr(getattr(getattr(self.engine, "_program", None), "model", None), "meta", None)
-        if model_sr is not None:
-            head.append(f" model {model_sr.sample_rate} Hz  ")
+        meta = getattr(getattr(getattr(self.engine, "_program", None), "model", None), "meta", None)
+        head.append(f"   out {self.output_name or self.engine.config.output} {s.samplerate} Hz"
+                    + (f" · model {meta.sample_rate} Hz" if meta is not None else "") + f" · block {s.block}\n")
+        head.append(f" latency {s.latency_ms:.1f} ms (note {s.note_latency_ms:.1f})  ")
         head.append(f"ring {round(s.ring_fill * 4) * 25:3d}%  ")
-        head.append(f"underruns {s.underruns}  xruns {s.xruns}  ",
+        head.append(f"underruns {s.underruns} xruns {s.xruns}  ",
                     style="bold red" if (s.underruns or s.xruns) else "")
         rtf_style = "bold red" if 0 < s.model_rtf < 1.0 else "green"
-        head.append(f"model ×{s.model_rtf:.3g} real time", style=rtf_style)
-        head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  octave {self.octave}")
+        head.append(f"model ×{s.model_rtf:.3g} RT", style=rtf_style)
+        head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  oct {self.octave}")
         if s.recording:
             elapsed = time.monotonic() - (self.record_started or time.monotonic())
             head.append(f"   ● REC {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}  {Path(s.recording).name}",
