@@ -60,7 +60,6 @@ def test_keys_drive_the_engine_and_the_meter_follows_the_jack_stream(jack_server
     async def play():
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause(0.2)
-            print("M0", meter_db(app), flush=True)
             assert meter_db(app) == -200.0  # silence before any key
             bank = app.performance.bank
             for _ in range(bank.names.index("volume")):
@@ -84,7 +83,6 @@ def test_keys_drive_the_engine_and_the_meter_follows_the_jack_stream(jack_server
             sampler = asyncio.create_task(sample())
             await pilot.press("z")  # z = C of the octave: MIDI 72 at octave 5
             await sampler
-            print("SEEN", seen, engine.stats(), flush=True)
             assert max(seen) > -30.0, seen  # the meter moved with the note
             await pilot.pause(1.5)
             assert meter_db(app) < max(seen)  # and fell back after it
