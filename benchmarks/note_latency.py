@@ -237,7 +237,13 @@ def export_configs(names: list[str], folder: Path, seed: int = 0) -> dict[str, P
 
             torch.set_num_threads(1)
             torch.manual_seed(seed)
-            export_model(build_model(get_config(name)).eval(), path)
+            model = build_model(get_config(name)).eval()
+            export_model(model, path)
+            if getattr(model, "kind", "") == "samplernn":  # as `neuralinst export` does: the native C loop's weights
+                from export.cli import _write_native
+                from instrument.model import native_weights_path
+
+                _write_native(model, path, native_weights_path(path), half=False)
         out[name] = path
     return out
 
