@@ -269,10 +269,16 @@ def test_midi_plays_the_engine_cc_notes_learn_and_program_change(jack_server, se
     monkeypatch.setenv("NEURALINST_SHIPPED_PRESETS", str(engine_presets))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     preset = load_preset("vrnn")
+    out = sender("controller")
     engine = Engine(EngineConfig(output="jack", block=128, ring_blocks=8)).start(preset)
     perf = Performance(engine, preset)
-    out = sender("controller")
-    with JackCapture(seconds=20) as cap:
+    try:
+        cap = JackCapture(seconds=20).__enter__()
+    except BaseException:
+        engine.stop()
+        perf.close()
+        raise
+    with cap:
         try:
             cap.connect()
             with MidiInput(perf.mapper.handle, name="ni-engine", poll_interval=0.1) as midi:
