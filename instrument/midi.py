@@ -315,11 +315,18 @@ class MidiInput:
     def _connect(self, port: str) -> None:
         import rtmidi
 
+        m = None
         try:
             m = rtmidi.MidiIn(self.api, name=f"{self.name}-in")
             index = m.get_ports().index(port)
+            fresh, old = MidiParser(), self._parsers.get(port)
+            if old is not None:
+                fresh.stats = old.stats  # counts go on; running status from before it vanished does not
+            self._parsers[port] = fresh
             self._open(m, "port", index, port)
         except Exception:
+            if m is not None:
+                m.delete()  # never leak a client (each one is a JACK client)
             return  # it vanished between listing and opening; the next poll tries again
         self._inputs[port] = m
         state = self.ports.setdefault(port, PortState(port))
