@@ -131,3 +131,20 @@ def _bench(name, argv, timeout=120):
         pytest.fail(f"bench {name} did not finish in {timeout} s: {(e.stdout or '')[-2000:]}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "wrote " in done.stdout
+
+
+def test_cycle_counter_ignores_a_late_reading_and_follows_a_real_skip():
+    from instrument.jack_midi import CycleCounter
+
+    c = CycleCounter()
+    assert c.next(1000, 128) == 1000
+    assert c.next(1128, 128) == 1128
+    assert c.next(1384, 128) == 1256  # one late callback reads the next cycle's frame: still its own cycle
+    assert c.next(1384, 128) == 1384
+    frame = 1384
+    seen = []
+    for _ in range(CycleCounter.HOLD + 2):  # the server really skipped a period: followed after HOLD callbacks
+        frame += 128
+        seen.append(c.next(frame + 128, 128))
+    assert seen[0] == 1384 + 128 and seen[-1] == frame + 128
+    assert c.next(frame, 128) == frame  # never ahead of the server
