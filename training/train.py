@@ -113,6 +113,9 @@ class Dist:
         if self.world > 1:
             import torch.distributed as dist
 
+            # Wait for every rank (rank 0 may still be writing the exit checkpoint): a rank that tears down its
+            # gloo pairs early made the other abort at exit ("terminate called without an active exception").
+            dist.barrier()
             dist.destroy_process_group()
 
 
