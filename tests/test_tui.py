@@ -166,7 +166,7 @@ def test_play_in_a_real_terminal_with_tmux(jack_server, presets_env, shipped):
     env["PYTHONPATH"] = str(ROOT)
     tmux("new-session", "-d", "-x", "120", "-y", "40", "-s", session, cmd)
     try:
-        assert wait_for(lambda: "tiny-a" in screen() and "Parameters" in screen(), 30), screen()
+        assert wait_for(lambda: "tiny-a" in screen() and "Parameters" in screen(), 75), screen()  # opening JACK MIDI beside PortAudio can stall ~30 s (known bug, see issue note)
         assert "wavegan" in screen() and "latency" in screen() and "CC 70" in screen()
         tmux("send-keys", "-t", session, "C-r")
         assert wait_for(lambda: "REC" in screen(), 5), screen()
