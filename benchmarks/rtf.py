@@ -1,6 +1,6 @@
 """Real-time factor and per-call latency of every model config, onnxruntime vs torch eager, on ONE core.
 
-    neuralinst bench rtf [--configs samplernn-live,vrnn-paper,...] [--quick]
+    neuralinst bench rtf [--configs samplernn-live,vrnn-paper,...] [--weights fp32,int8,int4] [--quick]
 
 Both executors run the same weights (random, seeded: speed does not depend on training) the same way: one
 `step` call after another with the state fed back, batch 1, one thread, the process pinned to one core. Torch and
@@ -9,6 +9,9 @@ onnxruntime are timed in alternating rounds, so a noisy machine slows both alike
 Figures: seconds of audio per second of compute (× real time) for each, their ratio, the distribution of
 onnxruntime's per-call time against the call's own audio duration (a call slower than the audio it makes would
 miss the deadline of a live stream), and batched throughput (streams × real time) for offline rendering.
+
+`--weights fp32,int8,int4` also times the int8/int4-weight graphs (export/quantize.py) of the VRNN and WaveGAN
+configs in the same alternating rounds, with their teacher-forced per-call error against the fp32 graph.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instrument.errors import UserError
 from benchmarks.common import pin_to_one_core, print_table, stats_ms, write_result
 
 DEFAULT_CONFIGS = [
@@ -35,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="1,8,32", help="batch sizes for the throughput table")
     p.add_argument("--quick", action="store_true", help="a short run (fewer rounds, less audio)")
     p.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
+    p.add_argument("--weights", default="fp32",
+                   help="comma-separated weight schemes to time: fp32,int8,int4 (quantised: VRNN, WaveGAN only)")
     p.add_argument("--name", default="rtf", help="result file name under benchmarks/results/")
 
 
@@ -65,7 +71,22 @@ def _time_onnx(runtime, calls: int) -> tuple[float, list[float]]:
     return time.perf_counter() - t0, per_call
 
 
-def measure_config(name: str, seconds: float, rounds: int, batches: list[int], workdir: Path) -> dict:
+# Random weights are unlike trained ones in which products quantisation hurts, so the products left fp32 are the
+# ones the sensitivity rule keeps in the shipped trained model of the same family (same layer names).
+KEEP_LIKE = {"vrnn": "presets/vrnn-piano/model.onnx", "wavegan": "presets/wavegan-piano/model.onnx"}
+
+
+def _keep_like(kind: str, scheme: str) -> tuple[list[str] | None, str | None]:
+    from export.quantize import kept_products
+
+    path = Path(__file__).resolve().parent.parent / KEEP_LIKE.get(kind, "-")
+    if not path.is_file():
+        return None, None
+    return kept_products(path, scheme), str(path.relative_to(path.parent.parent.parent))
+
+
+def measure_config(name: str, seconds: float, rounds: int, batches: list[int], workdir: Path,
+                   schemes: tuple[str, ...] = ()) -> dict:
     import torch
 
     from export.onnx_export import export_model
@@ -79,18 +100,38 @@ def measure_config(name: str, seconds: float, rounds: int, batches: list[int], w
     export_model(model, path)
     runtime = load_model(path, device="cpu", threads=1, batch=1)
     runtime.reset(0)
+    quantised = {}  # scheme -> (runtime, report)
+    if meta.kind != "samplernn":
+        from export.quantize import quantize_file
+
+        for scheme in schemes:
+            qpath = workdir / f"{name}-{scheme}.onnx"
+            keep, like = _keep_like(meta.kind, scheme)
+            report = quantize_file(path, qpath, scheme, calls=50, max_error=float("inf"),  # report, never refuse
+                                   keep=keep, keep_error=None)
+            report.kept_like = like
+            quantised[scheme] = (load_model(qpath, device="cpu", threads=1, batch=1), report)
+            quantised[scheme][0].reset(0)
     guess = {"samplernn": 0.01 if "paper" in name or "dadabots" in name else 0.1}.get(meta.kind, 1.0)
     calls = _calls_for(meta, seconds, guess)
     g = torch.Generator().manual_seed(0)
     _time_torch(model, meta, 1, g)  # warm-up both
     _time_onnx(runtime, 1)
+    for q, _ in quantised.values():
+        _time_onnx(q, 1)
     audio_per_round = calls * meta.block_size / meta.sample_rate
     torch_rtf, onnx_rtf, per_call = [], [], []
+    q_rtf: dict[str, list[float]] = {s: [] for s in quantised}
+    q_calls: dict[str, list[float]] = {s: [] for s in quantised}
     for _ in range(rounds):
         torch_rtf.append(audio_per_round / _time_torch(model, meta, calls, g))
         total, pc = _time_onnx(runtime, calls)
         onnx_rtf.append(audio_per_round / total)
         per_call += pc
+        for scheme, (q, _) in quantised.items():
+            total, pc = _time_onnx(q, calls)
+            q_rtf[scheme].append(audio_per_round / total)
+            q_calls[scheme] += pc
     ratios = [o / t for o, t in zip(onnx_rtf, torch_rtf)]
     deadline_s = meta.block_size / meta.sample_rate
     row = {
@@ -101,7 +142,17 @@ def measure_config(name: str, seconds: float, rounds: int, batches: list[int], w
         "call_ms": stats_ms(per_call), "call_deadline_ms": deadline_s * 1e3,
         "calls_over_deadline": float(np.mean(np.asarray(per_call) > deadline_s)),
         "batched": [],
+        "weights": {},
     }
+    for scheme, (_, report) in quantised.items():
+        r = float(np.median(q_rtf[scheme]))
+        row["weights"][scheme] = {
+            "onnx_rtf": r, "over_fp32": float(np.median([a / b for a, b in zip(q_rtf[scheme], onnx_rtf)])),
+            "call_ms": stats_ms(q_calls[scheme]), "bytes": report.bytes_after, "fp32_bytes": report.bytes_before,
+            "audio_rel_rms": report.audio_rel_rms, "state_rel_rms": report.state_rel_rms,
+            "products": report.matmuls, "kept_fp32": [k["product"] for k in report.kept],
+            "kept_as_in": report.kept_like,
+        }
     for b in batches:
         if b == 1:
             row["batched"].append({"batch": 1, "streams_x_rtf": row["onnx_rtf"]})
@@ -120,11 +171,15 @@ def run(args) -> int:
     rounds, seconds = (2, 0.5) if args.quick else (args.rounds, args.seconds)
     batches = [int(b) for b in args.batches.split(",") if b]
     names = [c for c in args.configs.split(",") if c]
+    schemes = tuple(w for w in args.weights.split(",") if w and w != "fp32")
+    unknown = [w for w in schemes if w not in ("int8", "int4")]
+    if unknown:
+        raise UserError(f"unknown weight scheme {unknown[0]!r} (expected fp32, int8 or int4).")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             print(f"measuring {name} ...", flush=True)
-            rows.append(measure_config(name, seconds, rounds, batches, Path(tmp)))
+            rows.append(measure_config(name, seconds, rounds, batches, Path(tmp), schemes))
     print(f"\nReal-time factor, batch 1, one thread on core {core} (x real time; > 1 is faster than real time)")
     print_table(
         ["config", "params", "torch eager", "onnxruntime", "ratio", "call p50 ms", "call p99 ms", "deadline ms",
@@ -136,6 +191,14 @@ def run(args) -> int:
     print("\nBatched throughput, onnxruntime, one thread (streams x real time)")
     print_table(["config"] + [f"batch {b['batch']}" for b in rows[0]["batched"]] if rows else ["config"],
                 [[r["config"]] + [b["streams_x_rtf"] for b in r["batched"]] for r in rows])
-    path = write_result(args.name, {"core": core, "rows": rows})
+    quant_rows = [[r["config"], f"{scheme} ({len(w['kept_fp32'])} fp32)", f"{w['bytes'] / 1e6:.1f} MB", r["onnx_rtf"], w["onnx_rtf"], w["over_fp32"],
+                   w["call_ms"]["p99"], f"{100 * w['audio_rel_rms']:.2f}%", f"{100 * w['state_rel_rms']:.2f}%"]
+                  for r in rows for scheme, w in r["weights"].items()]
+    if quant_rows:
+        print("\nQuantised weights, onnxruntime, batch 1, one thread (error: teacher-forced per call vs fp32; the "
+              "products kept fp32 are those the trained preset of the family needs)")
+        print_table(["config", "weights", "size", "fp32 x rt", "x rt", "over fp32", "call p99 ms", "audio err",
+                     "state err"], quant_rows)
+    path = write_result(args.name, {"core": core, "weights": ["fp32", *schemes], "rows": rows})
     print(f"\nwritten: {path}")
     return 0

@@ -1,9 +1,13 @@
-"""`neuralinst export CHECKPOINT --out MODEL.onnx [--fp16] [--no-verify] [--verify-calls 200] [--no-native]
-[--native-half]`.
+"""`neuralinst export CHECKPOINT --out MODEL.onnx [--fp16 | --weights int8|int4] [--no-verify] [--verify-calls 200]
+[--no-native] [--native-half]`.
 
 SampleRNN models also get their native weights beside the graph, MODEL.native.npz (instrument/native: the C
 sample loop the runtime prefers on the CPU). The npz carries the ONNX file's metadata plus its seal, so the runtime
-can tell that the two belong together. Both executors are verified against the torch model."""
+can tell that the two belong together. Both executors are verified against the torch model.
+
+`--weights int8|int4` (export/quantize.py) quantises the verified fp32 graph's matrix products for the CPU, where
+batch-1 streaming is bound by reading the weights; the per-call error against the fp32 graph is measured and
+printed, and a file whose audio moves by more than 5 % RMS per call is refused."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a training run folder or one of its checkpoint folders")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--fp16", action="store_true", help="float16 weights and I/O (for GPUs; CPU stays fp32)")
+    parser.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32",
+                        help="matrix-product weights: int8 (~4x smaller) or int4 (~6x) for the CPU (VRNN, WaveGAN; "
+                             "not SampleRNN); the error against fp32 is measured and printed")
+    parser.add_argument("--min-weights", type=int, default=16384,
+                        help="with --weights: products with fewer constant weights stay fp32 (default 16384)")
+    parser.add_argument("--keep-error", type=float, default=0.01,
+                        help="with --weights: a product whose quantisation alone moves the audio or state by more "
+                             "than this relative RMS stays fp32 (default 0.01; 0 quantises nothing, a large "
+                             "value everything)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-torch streaming check")
     parser.add_argument("--verify-calls", type=int, default=200, help="streaming calls to compare (default 200)")
     parser.add_argument("--no-optimise", action="store_true", help="skip onnxruntime's offline graph optimisation")
@@ -56,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{checkpoint}: cannot load the checkpoint ({e}).") from None
     native = getattr(model, "kind", "") == "samplernn" and not args.no_native
+    if args.weights != "fp32" and (args.fp16 or getattr(model, "kind", "") == "samplernn"):
+        raise UserError("--weights int8/int4 applies to float32 VRNN and WaveGAN exports (not --fp16, not SampleRNN: "
+                        "a rounding change moves which level SampleRNN draws).")
     if args.native_half and not native:
         raise UserError("--native-half applies to SampleRNN models exported with their native weights.")
     npz = native_weights_path(out)
@@ -79,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_verify:
         if native:
             _write_native(model, out, npz, args.native_half)
+        _quantise(out, args, calls=0)
         return 0
     device = "cpu"
     if args.fp16:  # fp16 is meant for GPUs: verify there when there is one (the CPU provider runs it too, slower)
@@ -95,7 +112,23 @@ def run(args: argparse.Namespace) -> int:
     if native:
         _write_native(model, out, npz, args.native_half)
         _verify_native(model, out, npz, args.native_verify_calls)
+    _quantise(out, args, calls=args.verify_calls)
     return 0
+
+
+def _quantise(out: Path, args: argparse.Namespace, calls: int) -> None:
+    """Replace the (verified) fp32 graph at `out` by its int8/int4-weight version, with the error it costs."""
+    if args.weights == "fp32":
+        return
+    from export.quantize import QuantiseError, quantize_file
+
+    try:
+        report = quantize_file(out, out, args.weights, calls=calls, min_weights=args.min_weights,
+                               keep_error=args.keep_error)
+    except QuantiseError as e:
+        out.unlink(missing_ok=True)
+        raise UserError(f"cannot quantise {out}: {e}; {out} was removed.") from None
+    print(f"wrote {out}: {report.summary()}")
 
 
 def _write_native(model, out: Path, npz: Path, half: bool) -> None:
