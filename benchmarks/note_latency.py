@@ -49,7 +49,7 @@ TARGET_JITTER_MS = 0.5
 NOTE = 60
 ONSET_THRESHOLD = 1e-4
 MIN_CORRELATION = 0.95
-REF_SKIP = 1536  # frames of the reference skipped (the resampler's blend of old and new stream)
+REF_SKIP = 384  # frames of the reference skipped: the 2 ms crossfade from the old stream (instrument/sources.py), and margin
 REF_LENGTH = 1024
 
 
@@ -341,8 +341,8 @@ def stream_onsets(x: np.ndarray, ref: np.ndarray, note_frames: list[int], max_la
                                                                                                list[float]]:
     """For each note, where sample 0 of the post-reset stream `ref` landed in the capture (frames after the note).
 
-    The match uses `ref[REF_SKIP:REF_SKIP + REF_LENGTH]`, past the first samples where the engine's continuing
-    resampler still blends in the old stream. Measured on vrnn-tiny: the true match correlates at 0.973 on every
+    The match uses `ref[REF_SKIP:REF_SKIP + REF_LENGTH]`, past the first samples where the engine still
+    crossfades from the old stream. Measured on vrnn-tiny: the true match correlates at 0.973 on every
     note (the engine's output is not bit-identical to the offline render: ~2.7 % residual), while the stream's
     frame-periodic self-similarity reaches 0.91 at wrong lags; MIN_CORRELATION sits between the two."""
     r = ref[REF_SKIP:REF_SKIP + REF_LENGTH, 0]

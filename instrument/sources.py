@@ -4,8 +4,9 @@ A *model* here is anything with the runtime interface of instrument/model.py (`m
 `set_control(name, value)`, `generate(n) -> float32 [C, n]`, `step()`), so tests can drive the engine with a small
 numpy model and the instrument with an exported ONNX one, through the same code.
 
-`Resampler` turns a model-rate source into device-rate frames with soxr's streaming resampler (its state carries
-across calls, so block edges never click). `Program` is one loaded model in one voice mode, with the performer
+`Resampler` turns a model-rate source into device-rate frames, with a 2 ms polyphase FIR for integer ratios
+(instrument/upsample.py) or soxr's streaming resampler otherwise (state carries across calls, so block edges never
+click). `Program` is one loaded model in one voice mode, with the performer
 parameters applied to it by control role.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import soxr
 
 from instrument.errors import UserError
 from instrument.params import LatentMapper, ParamSpec, performer_params
+from instrument.upsample import PolyphaseUpsampler
 
 MODES = ("oneshot", "continuous", "stream")
 DEFAULT_MODE = {"wavegan": "oneshot", "vrnn": "stream", "samplernn": "stream"}
@@ -42,19 +44,40 @@ class ModelStream:
         return np.ascontiguousarray(np.asarray(audio, dtype=np.float32).T)
 
 
+RESET_FADE_MS = 2.0  # a stream reset crossfades the old stream into the new one over this long (no click)
+
+
 class Resampler:
-    """Pulls a model-rate source (`render(n) -> [n, C]`) and hands out exact device-rate blocks [frames, out_ch]."""
+    """Pulls a model-rate source (`render(n) -> [n, C]`) and hands out exact device-rate blocks [frames, out_ch].
+
+    Integer ratios (16 → 48 kHz) use instrument/upsample.py's polyphase FIR (2 ms delay); others soxr's
+    streaming resampler (its HQ setting holds back ~21 ms). `restart()` begins a new stream at once: what was
+    buffered for the old one is dropped, after a short crossfade from it."""
 
     def __init__(self, source, out_rate: int, out_channels: int, chunk: int | None = None, quality: str = "HQ"):
         self.source = source
         self.out_rate = int(out_rate)
         self.out_channels = int(out_channels)
         self.ratio = self.out_rate / source.sample_rate
-        self._resampler = (None if source.sample_rate == self.out_rate else
-                           soxr.ResampleStream(source.sample_rate, self.out_rate, source.channels,
-                                               dtype="float32", quality=quality))
+        self._upsampler = None
+        self._resampler = None
+        if self.out_rate % source.sample_rate == 0 and self.out_rate > source.sample_rate:
+            self._upsampler = PolyphaseUpsampler(self.out_rate // source.sample_rate, source.channels)
+        elif source.sample_rate != self.out_rate:
+            self._resampler = soxr.ResampleStream(source.sample_rate, self.out_rate, source.channels,
+                                                  dtype="float32", quality=quality)
         self.chunk = int(chunk or max(32, 256 // max(1, round(self.ratio))))
         self._fifo = np.zeros((0, out_channels), np.float32)
+        self._fade_frames = max(1, int(round(RESET_FADE_MS * self.out_rate / 1000)))
+        self._fade: np.ndarray | None = None  # the old stream's last frames, still to be faded out
+        self._fade_pos = 0
+
+    @property
+    def delay_frames(self) -> float:
+        """Output frames between a model sample and its resampled image (the filter's group delay)."""
+        if self._upsampler is not None:
+            return self._upsampler.delay_frames
+        return 0.0 if self._resampler is None else float(self._resampler.delay())
 
     def _map_channels(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1] == self.out_channels:
@@ -65,13 +88,40 @@ class Resampler:
             return x[:, : self.out_channels]
         return np.concatenate([x, np.repeat(x[:, -1:], self.out_channels - x.shape[1], axis=1)], axis=1)
 
+    def _convert(self, x: np.ndarray) -> np.ndarray:
+        if self._upsampler is not None:
+            return self._upsampler.process(x)
+        return x if self._resampler is None else self._resampler.resample_chunk(x)
+
     def read(self, frames: int) -> np.ndarray:
         while len(self._fifo) < frames:
-            x = self.source.render(self.chunk)
-            y = x if self._resampler is None else self._resampler.resample_chunk(x)
+            y = self._convert(self.source.render(self.chunk))
             if len(y):
                 self._fifo = np.concatenate([self._fifo, self._map_channels(y)])
         out, self._fifo = self._fifo[:frames], self._fifo[frames:]
+        if self._fade is not None:
+            out = self._crossfade(out.copy())
+        return out
+
+    def restart(self) -> None:
+        """Call just before the source restarts (e.g. its model is reset): its next few old frames are kept to
+        fade out under the new stream, and everything else buffered for the old stream is dropped."""
+        tail = self.read(self._fade_frames).copy()  # the old stream's continuation, before it is forgotten
+        self._fifo = self._fifo[:0]
+        if self._upsampler is not None:
+            self._upsampler.reset()
+        elif self._resampler is not None:
+            self._resampler.clear()
+        self._fade, self._fade_pos = tail, 0
+
+    def _crossfade(self, out: np.ndarray) -> np.ndarray:
+        n = min(len(out), len(self._fade) - self._fade_pos)
+        k = self._fade_pos + np.arange(n)
+        angle = (0.5 * np.pi / len(self._fade)) * (k + 0.5)  # equal power: the two streams are uncorrelated
+        out[:n] = out[:n] * np.sin(angle)[:, None] + self._fade[k] * np.cos(angle)[:, None]
+        self._fade_pos += n
+        if self._fade_pos >= len(self._fade):
+            self._fade = None
         return out
 
 
@@ -162,6 +212,8 @@ class Program:
         if seed is not None:
             self.seed = int(seed)
         if self.mode == "stream":
+            if self.stream is not None:
+                self.stream.restart()  # before the model forgets: the old stream fades out under the new one
             self.model.reset(self.seed)
             for name, value in self.values.items():
                 if name == "temperature" or name.startswith("latent."):
