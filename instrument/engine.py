@@ -185,7 +185,7 @@ class Engine:
         self._voicebus = np.zeros((4 * B, ch), np.float32)
         self._lin = (np.arange(1, 4 * B + 1, dtype=np.float32) / B)[:, None]
         self._ramp = np.zeros((4 * B, 1), np.float32)
-        self._bend = 0.0
+        self._bend = 0.0  # semitones, as the last pitch-bend event set it
         self._callback_prioritised = False
         # Worker scratch.
         self._sendbuf = np.zeros((B, ch), np.float32)
@@ -514,8 +514,10 @@ class Engine:
         self._blocks += 1
 
     def _note(self, e: Event, offset: int) -> None:
-        if e.type == ev.PITCH_BEND:
-            self._bend = e.b
+        if e.type == ev.PITCH_BEND:  # bends every sounding clip voice (stream modes have no pitch to bend)
+            semitones = e.b * (ev.DEFAULT_BEND_RANGE if e.a is None else e.a)
+            self._bend = semitones
+            self._voices.set_rate(2.0 ** (semitones / 12.0))
             return
         note = int(e.a)
         if e.type == ev.NOTE_OFF or (e.type == ev.NOTE_ON and e.b <= 0.0):
@@ -524,8 +526,7 @@ class Engine:
         prog = self._program
         cache = prog.cache
         if cache is not None:
-            key = note + int(round(2.0 * self._bend))  # ±2 semitones of bend picks the neighbouring pitch
-            clip = cache.clip_for(min(max(key, 0), 127))
+            clip = cache.clip_for(min(max(note, 0), 127))  # the key's own pitch; the pool applies the bend
             if clip is not None:
                 self._voices.note_on(note, e.b * e.b, clip, offset)
         elif prog.reset_on_note:

@@ -14,7 +14,7 @@ from typing import Any
 NOTE_ON = "note_on"  # a = MIDI note 0..127, b = velocity 0..1
 NOTE_OFF = "note_off"  # a = MIDI note
 PARAM = "param"  # a = parameter name (see instrument/params.py), b = value in the parameter's range
-PITCH_BEND = "pitch_bend"  # b = -1..1
+PITCH_BEND = "pitch_bend"  # b = -1..1 (the wheel), a = semitones of a full throw (the mapping's bend_range)
 RESET = "reset"  # re-seed / reset the model state; a = seed (int) or None
 TYPES = (NOTE_ON, NOTE_OFF, PARAM, PITCH_BEND, RESET)
 # Notes and bends act in the audio callback (latency: one block); the rest act in the producer.
@@ -47,8 +47,11 @@ def param(name: str, value: float, t: float | None = None) -> Event:
     return Event(PARAM, str(name), float(value), time.monotonic() if t is None else t)
 
 
-def pitch_bend(value: float, t: float | None = None) -> Event:
-    return Event(PITCH_BEND, None, float(value), time.monotonic() if t is None else t)
+DEFAULT_BEND_RANGE = 2.0  # semitones, the General MIDI default
+
+
+def pitch_bend(value: float, t: float | None = None, semitones: float = DEFAULT_BEND_RANGE) -> Event:
+    return Event(PITCH_BEND, float(semitones), float(value), time.monotonic() if t is None else t)
 
 
 def reset(seed: int | None = None, t: float | None = None) -> Event:

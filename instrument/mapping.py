@@ -343,7 +343,8 @@ class Mapper:
         elif kind == "pitch_bend":
             if self._plays(msg.channel):
                 self.stats.bends += 1
-                self._post(_events().pitch_bend(max(-1.0, (msg.a - 8192) / 8192), msg.time))
+                self._post(_events().pitch_bend(max(-1.0, (msg.a - 8192) / 8192), msg.time,
+                                                self.mapping.bend_range))
         elif kind == "program":
             self.stats.programs += 1
             if self.mapping.program_change and self.switcher is not None:

@@ -119,6 +119,18 @@ class SaveAs(ModalScreen[str | None]):
             self.dismiss(None)
 
 
+def backend_label(model) -> str:
+    """What runs the model, in a few words: "native C loop", or "onnx CUDA" / "onnx CPU" (the first provider)."""
+    if getattr(model, "backend", "onnx") == "native":
+        return "native C loop"
+    try:
+        providers = list(model.providers)
+    except Exception:  # a test double without a session
+        return "onnx"
+    first = providers[0] if providers else "CPUExecutionProvider"
+    return "onnx " + first.removesuffix("ExecutionProvider")
+
+
 class InstrumentApp(App):
     CSS_PATH = "tui.tcss"
     ENABLE_COMMAND_PALETTE = False  # ctrl+p is the preset list here
@@ -181,9 +193,11 @@ class InstrumentApp(App):
         head.append(f"  {p.kind} · {p.mode}")
         if sw.switching:
             head.append(f"  → loading {sw.switching}…", style="bold yellow")
-        meta = getattr(getattr(getattr(self.engine, "_program", None), "model", None), "meta", None)
+        model = getattr(getattr(self.engine, "_program", None), "model", None)
+        meta = getattr(model, "meta", None)
         head.append(f"   out {self.output_name or self.engine.config.output} {s.samplerate} Hz"
-                    + (f" · model {meta.sample_rate} Hz" if meta is not None else "") + f" · block {s.block}\n")
+                    + (f" · model {meta.sample_rate} Hz" if meta is not None else "") + f" · block {s.block}")
+        head.append(f"   {backend_label(model)}\n" if model is not None else "\n", style="dim")
         head.append(f" latency {s.latency_ms:.1f} ms (note {s.note_latency_ms:.1f})  ")
         head.append(f"ring {round(s.ring_fill * 4) * 25:3d}%  ")
         head.append(f"underruns {s.underruns} xruns {s.xruns}  ",
@@ -202,6 +216,9 @@ class InstrumentApp(App):
         self._show("midi", self._midi_view())
         self._watch_learning()
         msg = Text()
+        note = getattr(model, "backend_note", None)
+        if note:  # why the model runs as a graph when a faster loop exists (e.g. the native SampleRNN)
+            msg.append(note + "  ", style="yellow")
         if sw.error:
             msg.append(sw.error + "  ", style="bold red")
         if self.performance.save_error:

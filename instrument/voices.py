@@ -1,7 +1,8 @@
 """Voices: what a note plays.
 
 - `VoicePool` mixes already-rendered clips in the audio callback: ≥ 16 voices, gain from velocity, a short fade on
-  release and on stealing, a sample-accurate start offset inside the block. Only numpy slice arithmetic into
+  release and on stealing, a sample-accurate start offset inside the block, and the pitch wheel: `set_rate` bends
+  every sounding voice at once (phase-continuous linear-interpolated playback). Only numpy arithmetic into
   preallocated scratch memory, a Python loop over voices (not samples).
 - `LatentCache` keeps one WaveGAN clip for the current latent, rendered in the background and pre-pitched per key
   (resampled relative to the root note), so a note-on never waits for inference: it plays the newest clip ready.
@@ -39,7 +40,7 @@ class VoicePool:
         slots = 2 * polyphony  # releasing voices fade out in the extra slots while new ones start
         self.slots = slots
         self.clip: list[np.ndarray | None] = [None] * slots
-        self.pos = [0] * slots
+        self.pos = [0.0] * slots  # fractional once a bend has played the clip at another rate
         self.offset = [0] * slots  # start inside the next block (sample-accurate scheduling)
         self.gain = [0.0] * slots
         self.note = [-1] * slots
@@ -51,6 +52,18 @@ class VoicePool:
         self.steal_curve = cos_fade(max(1, int(STEAL_SECONDS * samplerate)))
         self._scratch = np.zeros((block * 4, channels), np.float32)
         self.stolen = 0
+        self.rate = 1.0  # playback rate of every voice: 2 ** (bend semitones / 12)
+        # Interpolation scratch (a callback may ask for up to 4 blocks).
+        self._k = np.arange(block * 4, dtype=np.float64)
+        self._idx = np.zeros(block * 4, np.float64)
+        self._i0 = np.zeros(block * 4, np.intp)
+        self._i1 = np.zeros(block * 4, np.intp)
+        self._frac = np.zeros((block * 4, 1), np.float32)
+        self._next = np.zeros((block * 4, channels), np.float32)
+
+    def set_rate(self, rate: float) -> None:
+        """Bend: every voice, sounding or new, plays its clip `rate` times as fast from its current position."""
+        self.rate = float(rate)
 
     def active(self) -> int:
         return sum(1 for c, f in zip(self.clip, self.fade) if c is not None and f is None)
@@ -70,7 +83,7 @@ class VoicePool:
         else:  # every slot is fading: reuse the one furthest through its fade (nearly silent)
             i = max(range(self.slots), key=lambda j: self.fade_pos[j] / max(1, len(self.fade[j])))
         self._counter += 1
-        self.clip[i], self.pos[i], self.offset[i], self.gain[i] = clip, 0, offset, gain
+        self.clip[i], self.pos[i], self.offset[i], self.gain[i] = clip, 0.0, offset, gain
         self.note[i], self.fade[i], self.fade_pos[i], self.started[i] = note, None, 0, self._counter
 
     def note_off(self, note: int) -> None:
@@ -91,6 +104,7 @@ class VoicePool:
 
     def mix_into(self, out: np.ndarray, frames: int) -> None:
         """Add every sounding voice into out[:frames] ([frames, channels])."""
+        rate = self.rate
         for i in range(self.slots):
             clip = self.clip[i]
             if clip is None:
@@ -101,11 +115,20 @@ class VoicePool:
                 continue
             self.offset[i] = 0
             pos = self.pos[i]
-            n = min(frames - o, len(clip) - pos)
-            s = self._scratch[:n]
-            np.multiply(clip[pos:pos + n], self.gain[i], out=s)
+            if rate == 1.0 and pos.is_integer():  # unbent: a plain slice
+                p = int(pos)
+                n = min(frames - o, len(clip) - p)
+                s = self._scratch[:n]
+                np.multiply(clip[p:p + n], self.gain[i], out=s)
+                done = p + n >= len(clip)
+                self.pos[i] = float(p + n)
+            else:
+                n = self._read_bent(clip, pos, rate, frames - o)
+                s = self._scratch[:n]
+                np.multiply(s, self.gain[i], out=s)
+                done = n < frames - o
+                self.pos[i] = pos + rate * n
             fade = self.fade[i]
-            done = pos + n >= len(clip)
             if fade is not None:
                 fp = self.fade_pos[i]
                 m = min(n, len(fade) - fp)
@@ -114,9 +137,32 @@ class VoicePool:
                 self.fade_pos[i] = fp + n
                 done = done or fp + n >= len(fade)
             np.add(out[o:o + n], s, out=out[o:o + n])
-            self.pos[i] = pos + n
             if done:
                 self._free(i)
+
+    def _read_bent(self, clip: np.ndarray, pos: float, rate: float, want: int) -> int:
+        """Up to `want` frames of `clip` from fractional `pos` at `rate`, linearly interpolated into the scratch;
+        returns how many (fewer once the clip ends). Linear interpolation is enough here: the pre-pitched clips
+        are band-limited well below the device Nyquist, and a bend is a few semitones."""
+        n = min(want, max(0, int((len(clip) - 1 - pos) / rate) + 1))
+        if n <= 0 or len(clip) < 2:
+            return 0
+        idx = self._idx[:n]
+        np.multiply(self._k[:n], rate, out=idx)
+        idx += pos
+        i0, i1 = self._i0[:n], self._i1[:n]
+        np.copyto(i0, idx, casting="unsafe")  # floor: positions are never negative
+        np.minimum(i0, len(clip) - 2, out=i0)
+        np.add(i0, 1, out=i1)
+        frac = self._frac[:n]
+        np.subtract(idx[:, None], i0[:, None], out=frac, casting="same_kind")
+        a, b = self._scratch[:n], self._next[:n]
+        np.take(clip, i0, axis=0, out=a)
+        np.take(clip, i1, axis=0, out=b)
+        np.subtract(b, a, out=b)
+        np.multiply(b, frac, out=b)
+        np.add(a, b, out=a)
+        return n
 
 
 def edge_fades(clip: np.ndarray, rate: int) -> np.ndarray:

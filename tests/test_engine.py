@@ -2,6 +2,7 @@
 
 What the performer would hear is captured through a JACK input port connected to PortAudio's output ports.
 """
+import contextlib
 import json
 import subprocess
 import sys
@@ -34,12 +35,16 @@ def models(tmp_path_factory):
 
 
 def offline(path, seconds, seed=0, rate=48000):
-    """What the model renders offline through the runtime, resampled to the device rate in one go."""
+    """What the model renders offline through the runtime, resampled to the device rate in one go (by the
+    engine's own filter where the ratio is an integer, so the comparison below can be sample-exact)."""
     from instrument.model import load_model
+    from instrument.upsample import PolyphaseUpsampler
 
     m = load_model(path)
     m.reset(seed)
     x = m.generate(int(seconds * m.meta.sample_rate))[0]
+    if rate % m.meta.sample_rate == 0:
+        return PolyphaseUpsampler(rate // m.meta.sample_rate, 1).process(x[:, None])[:, 0]
     return soxr.resample(x, m.meta.sample_rate, rate).astype(np.float32)
 
 
@@ -74,6 +79,46 @@ def test_voice_pool_steals_releases_and_starts_sample_accurately():
     curve = np.concatenate(levels)
     assert np.all(np.diff(curve) <= 1e-6), "the release fade must fall monotonically (no click)"
     assert curve[-1] == 0.0 and pool.active() == 0 and all(c is None for c in pool.clip)
+
+
+def _frequency(x, rate):
+    """The dominant frequency of a mono signal, refined by parabolic interpolation of the Hann spectrum's peak."""
+    X = np.abs(np.fft.rfft(x * np.hanning(len(x)), 1 << 18))
+    k = int(np.argmax(X))
+    a, b, c = np.log(X[k - 1:k + 2] + 1e-20)
+    return (k + 0.5 * (a - c) / (a - 2 * b + c)) * rate / (1 << 18)
+
+
+def test_pitch_bend_bends_sounding_voices_without_a_click_and_returns_exactly():
+    rate, B = 48000, 128
+    pool = VoicePool(block=B, channels=1, samplerate=rate)
+    t = np.arange(4 * rate) / rate
+    clip = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[:, None]
+    pool.note_on(69, 1.0, clip)
+    blocks = []
+    for rate_now in [1.0] * 100 + [2 ** (2 / 12)] * 200 + [2 ** (-12 / 12)] * 200 + [1.0] * 100:
+        pool.set_rate(rate_now)
+        out = np.zeros((B, 1), np.float32)
+        pool.mix_into(out, B)
+        blocks.append(out[:, 0])
+    y = np.concatenate(blocks)
+    seg = lambda a, b: y[a * B:b * B]  # noqa: E731
+    assert abs(_frequency(seg(0, 100), rate) - 440) < 0.5
+    assert abs(_frequency(seg(110, 300), rate) - 440 * 2 ** (2 / 12)) < 0.5  # +2 semitones: 493.9 Hz
+    assert abs(_frequency(seg(310, 500), rate) - 220) < 0.5  # an octave down
+    assert abs(_frequency(seg(505, 600), rate) - 440) < 0.5  # back at the key's own pitch
+    # Phase-continuous: the wave never jumps at a rate change (max slope of a 0.5 × 494 Hz sine is 0.032 per frame).
+    assert np.abs(np.diff(y)).max() < 0.035
+    # Linear interpolation of a 440 Hz tone at 48 kHz stays clean: the residual against an ideal sine is tiny.
+    ideal_phase = 2 * np.pi * 440 * np.cumsum([r for r in [2 ** (2 / 12)] * (200 * B)]) / rate
+    bent = seg(100, 300)
+    fit = np.linalg.lstsq(np.stack([np.sin(ideal_phase), np.cos(ideal_phase)], 1), bent, rcond=None)
+    assert np.sqrt(np.mean((bent - np.stack([np.sin(ideal_phase), np.cos(ideal_phase)], 1) @ fit[0]) ** 2)) < 1e-3
+    # A bent clip still ends: an octave down it lasts twice as long, then the voice frees itself.
+    pool.set_rate(2.0)
+    for _ in range(int(4 * rate / B)):
+        pool.mix_into(np.zeros((B, 1), np.float32), B)
+    assert pool.active() == 0 and all(c is None for c in pool.clip)
 
 
 def test_effects_are_transparent_when_open_limit_and_bypass():
@@ -251,12 +296,19 @@ def test_a_slow_producer_gives_counted_underruns(jack_server, models):
     assert 0 < stats.model_rtf < 1.0
 
 
-def test_note_on_sounds_within_the_block_latency(jack_server, models):
-    with JackCapture(seconds=6) as cap, Engine(EngineConfig(output="jack")) as e:
+@contextlib.contextmanager
+def wavegan_playing(models, seconds):
+    """The tiny WaveGAN playing at full volume through JACK, captured, with 0.3 s of it already received."""
+    with JackCapture(seconds=seconds) as cap, Engine(EngineConfig(output="jack")) as e:
         e.start(str(models["wavegan"]))
         e.post(ev.param("volume", 1.0))
         cap.connect()
         assert cap.wait_frames(int(0.3 * cap.rate))
+        yield cap, e
+
+
+def test_note_on_sounds_within_the_block_latency(jack_server, models):
+    with wavegan_playing(models, seconds=6) as (cap, e):
         posts = []
         rng = np.random.default_rng(0)
         for i in range(8):
@@ -282,6 +334,33 @@ def test_note_on_sounds_within_the_block_latency(jack_server, models):
     # Each cycle's wall time carries the scheduler's jitter on this loaded machine: bound the median, and every
     # note within the bound plus one more cycle of jitter.
     assert np.median(lat) <= bound and (np.array(lat) <= bound + 128).all() and (np.array(lat) > 0).all()
+
+
+def _centroid(x, rate):
+    X = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    f = np.fft.rfftfreq(len(x), 1 / rate)
+    return float((f * X).sum() / X.sum())
+
+
+def test_pitch_wheel_bends_a_held_note_through_jack(jack_server, models):
+    """An octave of bend (range 12) on a held WaveGAN note doubles its spectrum's centroid in what JACK receives."""
+    with wavegan_playing(models, seconds=4) as (cap, e):
+        # Both events posted at once, stamped 0.12 s apart: the engine plays each at its own time + the schedule
+        # delay, so a late wake-up of this thread cannot move them.
+        t_on = time.monotonic()
+        t_bend = t_on + 0.12
+        e.post(ev.note_on(60, 1.0, t_on))  # the tiny model's clip lasts 0.256 s at the root key
+        e.post(ev.pitch_bend(1.0, t_bend, semitones=12.0))  # the remaining ~0.13 s now plays in ~0.065 s
+        time.sleep(0.5)
+        e.stop()
+    x = cap.audio()[:, 0]
+    a, b = cap.index_at_wall(t_on), cap.index_at_wall(t_bend)
+    # Both events reach the sound one schedule delay (~7 ms) after posting; the windows keep clear of both edges.
+    before, after = x[a + 1200:b - 480], x[b + 720:b + 2640]
+    assert np.sqrt((before ** 2).mean()) > 1e-3 and np.sqrt((after ** 2).mean()) > 1e-3, "the held note is silent"
+    ratio = _centroid(after, 48000) / _centroid(before, 48000)
+    print(f"spectral centroid: {_centroid(before, 48000):.0f} Hz, bent an octave up {_centroid(after, 48000):.0f} Hz")
+    assert 1.6 < ratio < 2.4, ratio
 
 
 def test_switch_crossfades_without_underrun_and_switches_back_warm(jack_server, models):

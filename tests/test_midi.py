@@ -104,7 +104,7 @@ def test_soft_takeover_waits_for_the_knob_to_pass_the_value_again_after_the_ui_m
 
 
 def test_notes_channel_filter_sustain_pedal_bend_and_all_notes_off():
-    mapper, _, posted = make(Mapping(channel=1))
+    mapper, _, posted = make(Mapping(channel=1, bend_range=7.0))
     on = lambda n, v=100, ch=1: MidiMessage("note_on", ch, n, v, 1.0)  # noqa: E731
     off = lambda n, ch=1: MidiMessage("note_off", ch, n, 0, 1.0)  # noqa: E731
     mapper.handle(on(60))
@@ -117,6 +117,7 @@ def test_notes_channel_filter_sustain_pedal_bend_and_all_notes_off():
     mapper.handle(MidiMessage("pitch_bend", 1, 0, 0, 1.0))
     mapper.handle(MidiMessage("pitch_bend", 1, 16383, 0, 1.0))
     assert [e.b for e in posted if e.type == "pitch_bend"] == [-1.0, pytest.approx(1.0, abs=1e-3)]
+    assert [e.a for e in posted if e.type == "pitch_bend"] == [7.0, 7.0]  # the mapping's range travels with it
     mapper.handle(on(62))
     mapper.handle(on(64))
     mapper.handle(cc(123, 0, channel=1))

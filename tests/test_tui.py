@@ -61,6 +61,7 @@ def test_keys_drive_the_engine_and_the_meter_follows_the_jack_stream(jack_server
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause(0.2)
             assert meter_db(app) == -200.0  # silence before any key
+            assert "onnx CPU" in str(app.query_one("#status").render())  # what runs the model, and where
             bank = app.performance.bank
             for _ in range(bank.names.index("volume")):
                 await pilot.press("down")
@@ -140,6 +141,16 @@ def test_preset_list_switches_model_and_save_writes_a_user_preset(jack_server, p
         assert saved.defaults["temperature"] == pytest.approx(1.0 + 4 / 64)
     finally:
         engine.stop()
+
+
+def test_backend_label_names_the_executor_and_its_first_provider():
+    from types import SimpleNamespace
+
+    from instrument.tui import backend_label
+
+    assert backend_label(SimpleNamespace(backend="native", providers=["native"])) == "native C loop"
+    gpu = SimpleNamespace(backend="onnx", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert backend_label(gpu) == "onnx CUDA"
 
 
 def test_piano_layout_covers_two_octaves_and_more():
