@@ -1,7 +1,7 @@
 """The live engine: model inference in a producer thread, a lock-free ring, and an audio callback that only copies.
 
     MIDI/UI ──post(Event)──► notes ──► audio callback: ring → out, voices mixed in, clip ±1, record tap
-                         └─► params ─► worker thread: model → soxr → pyo effects → ring
+                         └─► params ─► worker thread: model → resampler → pyo effects → ring
                                             ▲ voice bus (the callback's dry voices, for the effect sends)
 
 - The worker keeps the ring (`ring_blocks` × `block` frames) full; the callback copies one block out of it. An
