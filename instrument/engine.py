@@ -185,7 +185,6 @@ class Engine:
         self._voicebus = np.zeros((4 * B, ch), np.float32)
         self._lin = (np.arange(1, 4 * B + 1, dtype=np.float32) / B)[:, None]
         self._ramp = np.zeros((4 * B, 1), np.float32)
-        self._bend = 0.0  # semitones, as the last pitch-bend event set it
         self._callback_prioritised = False
         # Worker scratch.
         self._sendbuf = np.zeros((B, ch), np.float32)
@@ -516,7 +515,6 @@ class Engine:
     def _note(self, e: Event, offset: int) -> None:
         if e.type == ev.PITCH_BEND:  # bends every sounding clip voice (stream modes have no pitch to bend)
             semitones = e.b * (ev.DEFAULT_BEND_RANGE if e.a is None else e.a)
-            self._bend = semitones
             self._voices.set_rate(2.0 ** (semitones / 12.0))
             return
         note = int(e.a)

@@ -72,13 +72,6 @@ class Resampler:
         self._fade: np.ndarray | None = None  # the old stream's last frames, still to be faded out
         self._fade_pos = 0
 
-    @property
-    def delay_frames(self) -> float:
-        """Output frames between a model sample and its resampled image (the filter's group delay)."""
-        if self._upsampler is not None:
-            return self._upsampler.delay_frames
-        return 0.0 if self._resampler is None else float(self._resampler.delay())
-
     def _map_channels(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1] == self.out_channels:
             return x
