@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 
 import numpy as np
 
@@ -60,6 +61,11 @@ class EffectsChain:
         _active_chain = self
         self.sr, self.block, self.channels = int(samplerate), int(block), int(channels)
         self.latency_frames = int(round(LIMITER_LOOKAHEAD * self.sr))
+        self.filter_engaged = False  # the stream passes the low-pass (voices played dry do not)
+        self.stream_delay_frames = self.latency_frames  # the stream's delay through the chain (limiter lookahead)
+        # time.monotonic() from which the delay and reverb returns are exactly silent (their output gains have
+        # reached 0), so the chain's output is the stream alone; None while either is open.
+        self.wet_silent_after: float | None = time.monotonic()
         self.server = _get_server(self.sr, self.block, channels)
         n_in, n_out = 2 * channels * block, channels * block
         self._in = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(int(self.server.getInputAddr(), 16)))
@@ -119,8 +125,10 @@ class EffectsChain:
                 self._update_filter()
             elif fx == "limiter":
                 self.sig["limiter_on"].value = on
+                self.stream_delay_frames = self.latency_frames if on else 0  # measured: 24 frames on, 0 off
             else:
                 self.sig[fx].value = self.values[f"{fx}.send"] * on
+                self._update_wet()
             return True
         if name not in self.values:
             return False
@@ -130,8 +138,10 @@ class EffectsChain:
             self._update_filter()
         elif name == "delay.send":
             self.sig["delay"].value = min(max(v, 0.0), 1.0) * (1.0 - self.bypass["delay"])
+            self._update_wet()
         elif name == "reverb.send":
             self.sig["reverb"].value = min(max(v, 0.0), 1.0) * (1.0 - self.bypass["reverb"])
+            self._update_wet()
         elif name == "delay.time":
             self.sig["dtime"].value = min(max(v, 0.001), 2.0)
         elif name == "delay.feedback":
@@ -142,10 +152,17 @@ class EffectsChain:
             self.reverb.damp = min(max(v, 0.0), 1.0)
         return True
 
+    def _update_wet(self) -> None:
+        if self.sig["delay"].value > 0.0 or self.sig["reverb"].value > 0.0:
+            self.wet_silent_after = None
+        elif self.wet_silent_after is None:  # SigTo glides to 0 over SMOOTH_SECONDS; then mul = 0 exactly
+            self.wet_silent_after = time.monotonic() + 2 * SMOOTH_SECONDS
+
     def _update_filter(self) -> None:
         # Fully open (≥ OPEN_CUTOFF) the filter crossfades out of the path: an open filter is exactly transparent.
         engaged = self.bypass["filter"] < 0.5 and self.values["filter.cutoff"] < OPEN_CUTOFF
         self.sig["filter_on"].value = 1.0 if engaged else 0.0
+        self.filter_engaged = engaged
 
     def process(self, stream: np.ndarray | None, voices: np.ndarray | None, out: np.ndarray) -> np.ndarray:
         """One block: stream and voices [block, channels] (None = silence) → out [block, channels]."""

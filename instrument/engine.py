@@ -39,6 +39,7 @@ from instrument.voices import VoicePool
 NULL_SAMPLERATE = 48000
 SCHEDULE_MARGIN = 0.002  # seconds added to one block for the note scheduling delay
 SWITCH_INTERVAL = 0.001  # seconds
+CUE_FADE_MS = 2.0  # a cued reset: the pre-roll → ring crossfade, and the old stream's fade-out
 WORKER_NICE = -5  # the producer and the audio callback thread ask for a better-than-default share of the CPU
 CALLBACK_NICE = -10
 
@@ -79,6 +80,8 @@ class EngineStats:
     program: str = ""
     mode: str = ""
     dropped_record_frames: int = 0
+    cued_resets: int = 0  # stream resets played sample-exactly from a pre-rendered take (instrument/cue.py)
+    late_cues: int = 0  # of those, continuations the producer placed late (0 by construction; counted, not assumed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,8 +194,24 @@ class Engine:
         self._outbuf = np.zeros((B, ch), np.float32)
         self._volume = Smoother(0.8, B)
         self._voice_gain_now = self._voice_gain_target = 0.8
+        # Cued stream resets (instrument/cue.py): the pre-roll the callback is playing, and the request to the
+        # producer (ring frame of the note, then a sequence number: plain attribute stores, no allocation).
+        self._preroll: np.ndarray | None = None
+        self._preroll_pos = 0
+        self._cue_take = None
+        self._cue_at = 0
+        self._cue_seq = self._cue_seen = 0
+        self._read_base = 0
+        self._duck_pos: int | None = None  # frames since a cued reset's note while the old stream is cut
         program = self._make_program(preset_or_source, seed)
         self._effects = EffectsChain(self.samplerate, B, ch, effect_settings(getattr(program.preset, "effects", None)))
+        fade = max(1, int(round(CUE_FADE_MS * self.samplerate / 1000)))
+        # Longer than anything the producer can have written past a note's frame when it hears of the note.
+        self._cue_shape = ((c.ring_blocks + 2) * B + fade + self._effects.latency_frames, fade)
+        k = np.arange(fade)
+        self._duck_fade = np.cos(0.5 * np.pi * (k + 0.5) / fade).astype(np.float32)[:, None]
+        self._duck_len = self._cue_shape[0] - fade  # where the restarted stream re-enters the ring
+        program.enable_cue(*self._cue_shape)
         self._install(program)
         if program.cache is not None:
             program.cache.wait_ready(30)  # the first notes should find every key rendered
@@ -301,6 +320,7 @@ class Engine:
         def load():
             try:
                 prog = self._warm.pop(key, None) or self._make_program(preset, seed)
+                prog.enable_cue(*self._cue_shape)
                 if prog.cache is not None:
                     prog.cache.wait_ready(10)
                 prog.render(self.config.block)  # warm up the graph and the resampler before the crossfade
@@ -399,6 +419,8 @@ class Engine:
             switching=self._switching, program=prog.key if prog else "", mode=prog.mode if prog else "",
             dropped_record_frames=self._recorder.dropped_frames if self._recorder else
             getattr(self, "_dropped_record", 0),
+            cued_resets=prog.cue.switches if prog and prog.cue else 0,
+            late_cues=prog.cue.late if prog and prog.cue else 0,
         )
 
     # --- producer (worker thread) ------------------------------------------------------------------------
@@ -412,6 +434,14 @@ class Engine:
                 if e is None:
                     break
                 self._apply_control(e)
+            cue = self._program.cue
+            if cue is not None:
+                seq = self._cue_seq
+                if seq != self._cue_seen:  # the callback began a cued reset: resume it where its pre-roll ends
+                    self._cue_seen = seq
+                    cue.request(self._cue_at, self._cue_take, self._effects.stream_delay_frames)
+                elif cue.due() and self._ring.available() >= 2 * B:
+                    cue.arm()  # a knob has rested (or the seed changed): a take of the stream as it is now
             if self._pending is not None and self._fading is None:
                 new, frames = self._pending
                 old = self._program
@@ -427,7 +457,7 @@ class Engine:
     def _produce(self, voices: np.ndarray | None) -> None:
         t0 = time.perf_counter()
         B = self.config.block
-        x = self._program.render(B)
+        x = self._program.render(B, at=self._ring.frames_written)
         if self._fading is not None:
             x = self._crossfade(x, B)
         if x is not None:
@@ -466,6 +496,7 @@ class Engine:
             self._xruns += 1
             self._last_xrun_block = self._blocks
         now = self.clock()
+        self._read_base = self._ring.frames_read  # the ring frame at this block's first output frame
         fill = self._ring.available()
         got = self._ring.read_into(outdata)
         if got < frames:
@@ -488,9 +519,26 @@ class Engine:
                     break
                 offset = 0
             self._note(e, max(offset, 0))
+        dp = self._duck_pos
+        if dp is not None:  # a cued reset: what the ring still holds of the old stream is cut at the note
+            self._duck(outdata, frames, dp)
         vb = self._voicebus[:frames]
         vb.fill(0.0)
         self._voices.mix_into(vb, frames)
+        p = self._preroll
+        if p is not None:  # a cued stream reset's first frames, on the voice bus (so the effect sends get it)
+            pos = self._preroll_pos
+            s0 = -pos if pos < 0 else 0
+            k0 = pos + s0
+            n = min(frames - s0, len(p) - k0)
+            if n > 0:
+                seg = vb[s0:s0 + n]
+                np.add(seg, p[k0:k0 + n], out=seg)
+            pos += frames
+            if pos >= len(p):
+                self._preroll = None
+            else:
+                self._preroll_pos = pos
         g0, g1 = self._voice_gain_now, self._voice_gain_target
         if g0 != g1:  # volume moved: a linear ramp over this block, no zipper
             r = self._ramp[:frames]
@@ -512,6 +560,20 @@ class Engine:
             rec.push(outdata)
         self._blocks += 1
 
+    def _duck(self, outdata, frames: int, dp: int) -> None:
+        fade, F, end = self._duck_fade, len(self._duck_fade), self._duck_len
+        j = -dp if dp < 0 else 0  # output frame of this block where the cut begins
+        i = dp + j  # frames since the note's frame
+        if j < frames and i < F:
+            n = min(frames - j, F - i)
+            seg = outdata[j:j + n]
+            np.multiply(seg, fade[i:i + n], out=seg)
+            j, i = j + n, i + n
+        if j < frames and i < end:
+            outdata[j:j + min(frames - j, end - i)] = 0.0
+        dp += frames
+        self._duck_pos = None if dp >= end else dp
+
     def _note(self, e: Event, offset: int) -> None:
         if e.type == ev.PITCH_BEND:  # bends every sounding clip voice (stream modes have no pitch to bend)
             semitones = e.b * (ev.DEFAULT_BEND_RANGE if e.a is None else e.a)
@@ -528,7 +590,19 @@ class Engine:
             if clip is not None:
                 self._voices.note_on(note, e.b * e.b, clip, offset)
         elif prog.reset_on_note:
-            self._controls.post(e)  # the worker re-seeds the stream
+            cue = prog.cue
+            take = cue.take if cue is not None and not self._effects.filter_engaged else None
+            if take is None:
+                self._controls.post(e)  # the worker re-seeds the stream, behind the ring
+                return
+            self._preroll, self._preroll_pos = take.preroll, -offset
+            wet = self._effects.wet_silent_after
+            if wet is not None and self.clock() >= wet:
+                # The ring holds the stream alone (no delay or reverb tail to keep): cut the old stream at the
+                # note, as a restart should sound, instead of letting its queued frames play under the new one.
+                self._duck_pos = -offset
+            self._cue_take, self._cue_at = take, self._read_base + offset
+            self._cue_seq += 1  # published last: the producer reads the take and frame after seeing it
 
 
 def raise_thread_priority(nice: int) -> bool:

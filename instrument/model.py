@@ -662,6 +662,19 @@ class RuntimeModel:
                 raise UserError(f"state {s.name!r} takes shape {[self.batch, *s.shape]}, got {list(value.shape)}.")
             self._state_values[self._current][s.name].update_inplace(value)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The whole playing position: state, the samples `generate` has left over, the noise generator.
+        `restore` continues from it exactly, as often as asked (the engine's reset cue: instrument/cue.py).
+        Controls are not part of it: they keep whatever values are set."""
+        return {"state": self.get_state(), "audio": self._audio.copy(), "pos": self._pos,
+                "rng": self._rng.bit_generator.state}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.set_state(snapshot["state"])
+        self._audio[...] = snapshot["audio"]
+        self._pos = snapshot["pos"]
+        self._rng.bit_generator.state = snapshot["rng"]
+
     def step(self) -> np.ndarray:
         """One graph call with the current controls and fresh noise: a copy of audio float32 [B, C, block].
 

@@ -71,6 +71,7 @@ class Resampler:
         self._fade_frames = max(1, int(round(RESET_FADE_MS * self.out_rate / 1000)))
         self._fade: np.ndarray | None = None  # the old stream's last frames, still to be faded out
         self._fade_pos = 0
+        self._skip = 0  # output frames still to drop: the filter's delay at the start of a new stream
 
     def _map_channels(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1] == self.out_channels:
@@ -89,6 +90,9 @@ class Resampler:
     def read(self, frames: int) -> np.ndarray:
         while len(self._fifo) < frames:
             y = self._convert(self.source.render(self.chunk))
+            if self._skip and len(y):
+                drop = min(self._skip, len(y))
+                y, self._skip = y[drop:], self._skip - drop
             if len(y):
                 self._fifo = np.concatenate([self._fifo, self._map_channels(y)])
         out, self._fifo = self._fifo[:frames], self._fifo[frames:]
@@ -100,12 +104,37 @@ class Resampler:
         """Call just before the source restarts (e.g. its model is reset): its next few old frames are kept to
         fade out under the new stream, and everything else buffered for the old stream is dropped."""
         tail = self.read(self._fade_frames).copy()  # the old stream's continuation, before it is forgotten
+        self.begin()
+        self._fade, self._fade_pos = tail, 0
+
+    def begin(self) -> None:
+        """Forget the old stream at once (no fade): the source's next sample is the new stream's first frame.
+        The polyphase filter's delay (95 frames at 16 → 48 kHz) is dropped from the new stream's start, so its
+        sample 0 comes out first, as in a one-shot clip; soxr's delay stays (it has no exact figure)."""
         self._fifo = self._fifo[:0]
+        self._fade = None
         if self._upsampler is not None:
             self._upsampler.reset()
+            self._skip = int(round(self._upsampler.delay_frames))
         elif self._resampler is not None:
             self._resampler.clear()
-        self._fade, self._fade_pos = tail, 0
+
+    @property
+    def can_snapshot(self) -> bool:
+        return self._resampler is None  # soxr's streaming state cannot be copied
+
+    def snapshot(self) -> tuple:
+        """Where this resampler stands (buffered frames, filter history, fades), for `restore`."""
+        if not self.can_snapshot:
+            raise RuntimeError("soxr's streaming resampler cannot be snapshotted")
+        hist = None if self._upsampler is None else self._upsampler._history.copy()
+        return (self._fifo.copy(), hist, self._skip, self._fade, self._fade_pos)
+
+    def restore(self, snap: tuple) -> None:
+        fifo, hist, self._skip, self._fade, self._fade_pos = snap
+        self._fifo = fifo.copy()
+        if hist is not None:
+            self._upsampler._history = hist.copy()
 
     def _crossfade(self, out: np.ndarray) -> np.ndarray:
         n = min(len(out), len(self._fade) - self._fade_pos)
@@ -154,6 +183,7 @@ class Program:
             if name in self.values:
                 self.values[name] = float(value)
         self.reset_on_note = bool((_get(preset, "defaults") or {}).get("reset_on_note", False))
+        self.cue = None  # a ResetCue (instrument/cue.py) once the engine enables it
         model.reset(self.seed)
         self.cache: LatentCache | None = None
         self.clips: ContinuousClips | None = None
@@ -177,9 +207,28 @@ class Program:
             self.clips.start()
 
     # --- producer side -----------------------------------------------------------------------------------
-    def render(self, frames: int) -> np.ndarray | None:
-        """Device-rate frames [frames, out_channels], or None when this mode has no stream (oneshot)."""
-        return None if self.stream is None else self.stream.read(frames)
+    def render(self, frames: int, at: int | None = None) -> np.ndarray | None:
+        """Device-rate frames [frames, out_channels], or None when this mode has no stream (oneshot).
+        `at`: the ring frame these frames are fed at (the producer's write index), which a pending cued
+        reset needs to land exactly."""
+        if self.stream is None:
+            return None
+        if at is not None and self.cue is not None and self.cue.busy:
+            return self.cue.render(frames, at)
+        return self.stream.read(frames)
+
+    def enable_cue(self, frames: int, fade: int) -> bool:
+        """Prepare sample-exact restarts (instrument/cue.py) where this program can have them."""
+        from instrument.cue import ResetCue
+
+        if self.cue is not None:
+            return True
+        if not (self.mode == "stream" and self.reset_on_note and self.stream is not None and self.stream.can_snapshot
+                and hasattr(self.model, "snapshot") and hasattr(self.model, "restore")):
+            return False
+        self.cue = ResetCue(self, frames, fade)
+        self.cue.arm()
+        return True
 
     def set_param(self, name: str, value: float) -> None:
         """Apply a model-side parameter (the engine handles volume and effects)."""
@@ -187,11 +236,15 @@ class Program:
         if name == "temperature":
             for c in self.meta.controls_with_role("temperature"):
                 self.model_control(c.name, min(max(float(value), c.minimum), c.maximum))
+            if self.cue is not None:
+                self.cue.invalidate()
         elif name == "drift" and self.clips is not None:
             self.clips.drift = float(value)
         elif self.mapper.set(name, value):
             if self.mode == "stream":
                 self.model_control(self.mapper.control.name, self.mapper.vector())
+                if self.cue is not None:
+                    self.cue.invalidate()
             elif self.cache is not None:
                 self.cache.invalidate()
             # continuous: the clip thread reads the mapper for every new clip
@@ -202,15 +255,33 @@ class Program:
         self.model.set_control(name, value)
 
     def reset(self, seed: int | None = None) -> None:
+        """Restart the stream now, from the producer (a cued reset, instrument/cue.py, is sample-exact)."""
+        new_seed = seed is not None and int(seed) != self.seed
         if seed is not None:
             self.seed = int(seed)
         if self.mode == "stream":
+            if self.cue is not None:
+                self.cue.cancel()
             if self.stream is not None:
                 self.stream.restart()  # before the model forgets: the old stream fades out under the new one
-            self.model.reset(self.seed)
+            self._reset_model()
+            if self.cue is not None and new_seed:
+                self.cue.arm()  # the take was of the old seed's stream
+
+    def begin_fresh(self) -> None:
+        """The stream from its seed, at once: what a reset plays, without the fade from the old stream."""
+        self.stream.begin()
+        self._reset_model()
+
+    def _reset_model(self) -> None:
+        self.model.reset(self.seed)
+        cue, self.cue = self.cue, None  # re-applying the controls is not a change of them
+        try:
             for name, value in self.values.items():
                 if name == "temperature" or name.startswith("latent."):
                     self.set_param(name, value)
+        finally:
+            self.cue = cue
 
     # --- statistics --------------------------------------------------------------------------------------
     def compute_seconds(self) -> tuple[float, float]:

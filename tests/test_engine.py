@@ -386,3 +386,37 @@ def test_switch_crossfades_without_underrun_and_switches_back_warm(jack_server, 
     print(f"switch back (warm) took {warm_s * 1000:.1f} ms; {stats}")
     assert stats.underruns - stats.server_underruns == 0, stats
     assert zero_runs(cap.audio()[:played, 0], 64) <= stats.xruns + stats.underruns  # no gap at either switch
+
+
+def test_cued_stream_reset_plays_the_restarted_stream_from_the_note_frame_and_hands_over_exactly(models, tmp_path):
+    """A reset-on-note stream (instrument/cue.py): the pre-roll starts at the note's frame, the ring's old stream
+    is cut there, and the producer's continuation takes over where the pre-roll ends, sample for sample."""
+    from benchmarks.note_latency import make_preset, stream_reference
+
+    preset = make_preset(models["vrnn"])
+    preset.effects = dict(preset.effects, limiter={"bypass": False})  # the limiter's 0.5 ms delay is compensated
+    ref = stream_reference(preset, 48000, 2, 6000)[:, 0]
+    rec = tmp_path / "cued.wav"
+    notes = 6
+    with Engine(EngineConfig(output="none")) as e:
+        e.start(preset, record=str(rec))
+        D = e._program.cue.frames
+        time.sleep(0.3)
+        for _ in range(notes):
+            e.post(ev.note_on(60, 1.0))
+            time.sleep(0.15)
+        stats = e.stop()
+    assert stats.cued_resets == notes and stats.late_cues == 0 and stats.underruns == 0
+    x = sf.read(rec, dtype="float32")[0][:, 0].astype(np.float64)
+    probe = ref[1200:2200] - ref[1200:2200].mean()  # in the continuation: where the ring plays the new stream
+    w = np.lib.stride_tricks.sliding_window_view(x, len(probe))
+    wc = w - w.mean(axis=1, keepdims=True)
+    c = (wc @ probe) / (np.sqrt((wc * wc).sum(axis=1)) * np.sqrt((probe * probe).sum()) + 1e-12)
+    onsets = [i - 1200 for i in range(1, len(c) - 1) if c[i] > 0.999 and c[i] >= c[i - 1] and c[i] >= c[i + 1]]
+    assert len(onsets) == notes + 1 and onsets[0] < 1000  # the first is the stream's own start (same seed)
+    for on in onsets[1:]:
+        out = x[on:on + 5000]
+        # The volume (0.8) scales the stream; past the 2 ms cut of the old stream the output is the reference:
+        # the pre-roll, the crossfade to the ring at D, and the ring's continuation alike.
+        err = np.abs(out - 0.8 * ref[:5000])
+        assert err[200:].max() < 1e-4, (on, err[200:D].max(), err[D:].max())

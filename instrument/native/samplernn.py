@@ -339,6 +339,17 @@ class NativeRuntimeModel:
         else:
             self._state = {k: np.array(v, np.float32, copy=True) for k, v in state.items()}
 
+    def snapshot(self) -> dict:
+        """As RuntimeModel.snapshot: state, leftover samples and noise generator, for `restore`."""
+        return {"state": self.get_state(), "audio": self._audio.copy(), "pos": self._pos,
+                "rng": self._rng.bit_generator.state}
+
+    def restore(self, snapshot: dict) -> None:
+        self.set_state(snapshot["state"])
+        self._audio[...] = snapshot["audio"]
+        self._pos = snapshot["pos"]
+        self._rng.bit_generator.state = snapshot["rng"]
+
     def _run(self) -> None:
         self._rng.random(dtype=np.float32, out=self._noise)
         if self.batch == 1:
