@@ -39,6 +39,8 @@ class PresetRecipe:
     defaults: dict[str, float] = field(default_factory=dict)
     effects: dict[str, dict] = field(default_factory=dict)
     export_args: list[str] = field(default_factory=list)
+    threads: int = 1  # as the shipped run was trained
+    checkpoint_every: int = 50
 
     @property
     def run(self) -> Path:
@@ -46,8 +48,8 @@ class PresetRecipe:
 
     def train_command(self) -> str:
         sets = " ".join(f"--set {o}" for o in self.overrides)
-        return (f"neuralinst train {self.config} --data {self.data} --out runs/{self.name} --threads 1 "
-                f"--checkpoint-every 50 {sets}").strip()
+        return (f"neuralinst train {self.config} --data {self.data} --out runs/{self.name} --threads {self.threads} "
+                f"--checkpoint-every {self.checkpoint_every} {sets}").strip()
 
 
 ROOM = {"reverb": {"size": 0.6, "damp": 0.5}}  # the send level is a performer parameter, in defaults
@@ -57,7 +59,7 @@ PRESETS = [
         "scripts/build_datasets.sh piano-notes-c4", "(done by build_datasets.sh: --kind wavegan --silence-db -100)",
         ["d=16", "batch_size=16", "sample_seconds=1.024"], "oneshot",
         "Piano one-shots: WaveGAN clips of single piano notes (F#3–C5), pitched from C4 across the keyboard.",
-        root_note=60, defaults={"volume": 0.8, "reverb.send": 0.2}, effects=ROOM),
+        root_note=60, defaults={"volume": 0.8, "reverb.send": 0.2}, effects=ROOM, threads=2, checkpoint_every=200),
     PresetRecipe(
         "wavegan-drums", "wavegan-live", "data/drums-wavegan", "data/drums-wavegan",
         "scripts/build_datasets.sh drums",
