@@ -21,7 +21,8 @@ Where a sound starts:
   rendered offline by the same `Program` code; its position in the capture (normalised cross-correlation) is the
   onset. A note whose best correlation is under 0.95 counts as undetected (see `stream_onsets`).
 
-Runs its own private `jackd --no-realtime -d dummy -r 48000 -p 128` unless `--server` names a running one.
+Runs its own private `jackd --no-realtime -d dummy -r 48000 -p 128` (`--realtime`: `jackd --realtime -P 70`, as on
+a stage) unless `--server` names a running one.
 Models are the chosen configs with random, seeded weights exported to a temporary folder (speed and timing do not
 depend on training).
 """
@@ -421,12 +422,19 @@ def measure(config: str, model_path: Path, midi_path: str, notes: int, interval_
     clean = [lag for f, lag in zip(sent, lags) if lag is not None
              and not np.any((xr >= f - 4 * PERIOD) & (xr <= f + lag + 8 * PERIOD))]
     sc = stats_ms(np.asarray(clean, np.float64) / RATE)
+    # Notes not found at all, and how many of them had a server xrun within their match window (the note's frame
+    # to the end of the longest search): a cycle the server skipped loses the MIDI event or cuts the capture.
+    span = (window if preset.mode == "oneshot" else REF_SKIP + REF_LENGTH + max_lag) + 8 * PERIOD
+    missing = [f for f, lag in zip(sent, lags) if lag is None]
+    missing_xrun = [f for f in missing if np.any((xr >= f - 4 * PERIOD) & (xr <= f + span))]
     row = {
         "config": config, "kind": preset.kind, "mode": preset.mode, "midi": midi_path, "method": method,
         "notes": len(sent), "detected": len(found), "latency_ms": s,
         "jitter_ms": (s["p99"] - s["p1"]) if found else None,
         "clean_notes": len(clean), "clean_latency_ms": sc, "clean_jitter_ms": (sc["p99"] - sc["p1"]) if clean else None,
         "underruns": after.underruns - before.underruns, "xruns": after.xruns - before.xruns,
+        "missing": len(missing), "missing_near_xrun": len(missing_xrun),
+        "cued_resets": after.cued_resets - before.cued_resets, "late_cues": after.late_cues - before.late_cues,
         "probe_xruns": probe.xruns, "engine_note_latency_ms": after.note_latency_ms,
         "ring_latency_ms": after.ring_latency_ms, "model_rtf": after.model_rtf,
         "meets_target": bool(found) and s["p99"] <= TARGET_P99_MS and (s["p99"] - s["p1"]) <= TARGET_JITTER_MS
@@ -446,6 +454,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval-ms", type=float, default=150.0, help="time between note-ons (default 150 ms)")
     p.add_argument("--quick", action="store_true", help="a short run: 16 notes, jack path only")
     p.add_argument("--server", default=None, help="use this running JACK server instead of a private one")
+    p.add_argument("--realtime", action="store_true", help="run the private JACK server with realtime scheduling "
+                   "(SCHED_FIFO, as on stage; the producer follows, instrument/scheduling.py)")
     p.add_argument("--models", default=None, help="folder for the exported models (default: a temporary one)")
     p.add_argument("--out", default=None, help="folder for the JSON result (default benchmarks/results/)")
     p.add_argument("--dump", default=None, help="also save each raw capture (audio, note frames) as .npz here")
@@ -477,20 +487,21 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         models = export_configs(configs, Path(args.models or tmp))
         rows = []
-        with JackSession(args.server):
+        with JackSession(args.server, realtime=args.realtime):
             for config in configs:
                 for midi_path in paths:
                     rows.append(measure(config, models[config], midi_path, args.notes, args.interval_ms,
                                         dump=args.dump))
-    figures = {"samplerate": RATE, "period": PERIOD, "interval_ms": args.interval_ms,
+    figures = {"samplerate": RATE, "period": PERIOD, "interval_ms": args.interval_ms, "jack_realtime": args.realtime,
                "targets": {"p99_ms": TARGET_P99_MS, "jitter_ms": TARGET_JITTER_MS}, "rows": rows}
     path = save(args.name, figures, args.out)
     print_table(["config", "mode", "midi", "notes", "found", "p1 ms", "p50 ms", "p99 ms", "jitter ms", "clean",
-                 "clean jitter", "underruns", "srv xruns", "target"],
+                 "clean jitter", "lost", "lost at xrun", "cued", "underruns", "srv xruns", "target"],
                 [[r["config"], r["mode"], r["midi"], r["notes"], r["detected"], r["latency_ms"].get("p1", "-"),
                   r["latency_ms"].get("p50", "-"), r["latency_ms"].get("p99", "-"),
                   r["jitter_ms"] if r["jitter_ms"] is not None else "-", r["clean_notes"],
-                  r["clean_jitter_ms"] if r["clean_jitter_ms"] is not None else "-", r["underruns"],
+                  r["clean_jitter_ms"] if r["clean_jitter_ms"] is not None else "-", r["missing"],
+                  r["missing_near_xrun"], r["cued_resets"], r["underruns"],
                   r["probe_xruns"], "met" if r["meets_target"] else "missed"] for r in rows])
     print(f"wrote {path}")
     return 0

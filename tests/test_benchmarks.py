@@ -90,8 +90,11 @@ def test_note_latency_quick(models, tmp_path):
     stream = rows["vrnn-tiny"]
     assert stream["mode"] == "stream" and stream["method"] == "xcorr" and stream["detected"] >= 1
     assert 2.6 < stream["latency_ms"]["p50"] < 100
+    # A reset-on-note stream is cued: every note heard is played from a pre-rendered take (instrument/cue.py).
+    assert 1 <= stream["cued_resets"] <= stream["notes"] and stream["late_cues"] == 0
     for r in fig["rows"]:
         assert isinstance(r["underruns"], int) and isinstance(r["meets_target"], bool)
+        assert r["missing"] == r["notes"] - r["detected"] and 0 <= r["missing_near_xrun"] <= r["missing"]
 
 
 def test_switch_latency_quick(models, tmp_path):
