@@ -33,6 +33,7 @@ from instrument.events import Event, EventQueue
 from instrument.params import ParamSpec, Smoother
 from instrument.recorder import Recorder
 from instrument.ringbuffer import RingBuffer
+from instrument.scheduling import ThreadPolicy, current_policy, make_realtime, producer_priority, raise_nice
 from instrument.sources import Program
 from instrument.voices import VoicePool
 
@@ -40,8 +41,8 @@ NULL_SAMPLERATE = 48000
 SCHEDULE_MARGIN = 0.002  # seconds added to one block for the note scheduling delay
 SWITCH_INTERVAL = 0.001  # seconds
 CUE_FADE_MS = 2.0  # a cued reset: the pre-roll → ring crossfade, and the old stream's fade-out
-WORKER_NICE = -5  # the producer and the audio callback thread ask for a better-than-default share of the CPU
-CALLBACK_NICE = -10
+WORKER_NICE = -5  # without real-time scheduling, the producer and the audio callback thread ask for a
+CALLBACK_NICE = -10  # better-than-default share of the CPU (instrument/scheduling.py)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class EngineConfig:
     device: str = "auto"  # inference device for onnxruntime (auto | cpu | cuda)
     threads: int = 1  # inference threads (one is steadiest on a shared machine)
     backend: str = "auto"  # executor: auto | onnx | native (SampleRNN's C loop; instrument.model.load_model)
+    realtime: str = "auto"  # producer SCHED_FIFO: auto (when the audio thread is real-time) | on | off
 
 
 @dataclass
@@ -82,6 +84,9 @@ class EngineStats:
     dropped_record_frames: int = 0
     cued_resets: int = 0  # stream resets played sample-exactly from a pre-rendered take (instrument/cue.py)
     late_cues: int = 0  # of those, continuations the producer placed late (0 by construction; counted, not assumed)
+    audio_sched: str = ""  # how the audio callback thread is scheduled ("FIFO 69", "nice -10"; "" before it ran)
+    producer_sched: str = ""  # how the producer thread is scheduled
+    realtime_refused: str | None = None  # why the producer did not get SCHED_FIFO when it asked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,7 +193,11 @@ class Engine:
         self._voicebus = np.zeros((4 * B, ch), np.float32)
         self._lin = (np.arange(1, 4 * B + 1, dtype=np.float32) / B)[:, None]
         self._ramp = np.zeros((4 * B, 1), np.float32)
-        self._callback_prioritised = False
+        self._audio_policy: ThreadPolicy | None = None  # read once by the callback, on its own thread
+        self._producer_policy: ThreadPolicy | None = None
+        self._realtime_refused: str | None = None
+        if c.realtime not in ("auto", "on", "off"):
+            raise UserError(f"--realtime must be auto, on or off, not {c.realtime!r}.")
         # Worker scratch.
         self._sendbuf = np.zeros((B, ch), np.float32)
         self._outbuf = np.zeros((B, ch), np.float32)
@@ -421,14 +430,22 @@ class Engine:
             getattr(self, "_dropped_record", 0),
             cued_resets=prog.cue.switches if prog and prog.cue else 0,
             late_cues=prog.cue.late if prog and prog.cue else 0,
+            audio_sched=str(self._audio_policy) if getattr(self, "_audio_policy", None) else "",
+            producer_sched=str(self._producer_policy) if getattr(self, "_producer_policy", None) else "",
+            realtime_refused=getattr(self, "_realtime_refused", None),
         )
 
     # --- producer (worker thread) ------------------------------------------------------------------------
     def _worker(self) -> None:
-        raise_thread_priority(WORKER_NICE)
+        raise_nice(WORKER_NICE)
+        self._producer_policy = current_policy()
         B = self.config.block
         poll = max(0.0005, 0.25 * B / self.samplerate)
+        scheduled = False
         while self._running:
+            if not scheduled and self._audio_policy is not None:
+                scheduled = True  # once the callback has said how it runs (instrument/scheduling.py)
+                self._schedule_producer(self._audio_policy)
             while True:
                 e = self._controls.pop()
                 if e is None:
@@ -453,6 +470,12 @@ class Engine:
                 self._produce(self._sendbuf)
             else:
                 time.sleep(poll)
+
+    def _schedule_producer(self, audio: ThreadPolicy) -> None:
+        priority = producer_priority(self.config.realtime, audio)
+        if priority is not None:
+            self._realtime_refused = make_realtime(priority)
+        self._producer_policy = current_policy()
 
     def _produce(self, voices: np.ndarray | None) -> None:
         t0 = time.perf_counter()
@@ -489,9 +512,11 @@ class Engine:
 
     # --- audio callback: copies and mixes only ---------------------------------------------------------
     def _callback(self, outdata, frames, time_info, status) -> None:
-        if not self._callback_prioritised:  # once, on the audio thread itself (one system call)
-            self._callback_prioritised = True
-            raise_thread_priority(CALLBACK_NICE)
+        if self._audio_policy is None:  # once, on the audio thread itself (a few system calls)
+            policy = current_policy()
+            if not policy.realtime and raise_nice(CALLBACK_NICE):
+                policy = current_policy()
+            self._audio_policy = policy  # published last: the producer follows it
         if status:
             self._xruns += 1
             self._last_xrun_block = self._blocks
@@ -603,17 +628,6 @@ class Engine:
                 self._duck_pos = -offset
             self._cue_take, self._cue_at = take, self._read_base + offset
             self._cue_seq += 1  # published last: the producer reads the take and frame after seeing it
-
-
-def raise_thread_priority(nice: int) -> bool:
-    """Best effort: favour the calling thread over ordinary work (Linux per-thread nice; needs the privilege,
-    silently skipped without it). An audio app would ask for real-time scheduling; a nice level is what works
-    without a real-time kernel setup and cannot lock the machine up."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        return True
-    except (OSError, AttributeError):
-        return False
 
 
 def effect_settings(effects: dict | None) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """`neuralinst play`: play a model live.
 
     neuralinst play --model NAME|PATH.onnx [--no-tui --seconds S] [--record F.wav] [--output auto|jack|none|NAME]
-                    [--block N] [--ring BLOCKS]
+                    [--block N] [--ring BLOCKS] [--realtime auto|on|off]
 
 Headless (`--no-tui`) it plays for S seconds (or until Ctrl-C) and prints a one-line JSON summary: blocks,
 underruns, xruns, measured output latency, model real-time factor, peak level. Otherwise it hands the running
@@ -31,6 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "native"],
                         help="executor: auto (SampleRNN's native C loop where it can run), onnx or native")
+    parser.add_argument("--realtime", default="auto", choices=["auto", "on", "off"],
+                        help="SCHED_FIFO for the producer thread: auto (when the audio server runs real-time, as "
+                        "JACK -R does), on, off")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the model's noise")
     parser.add_argument("--midi", default=None, metavar="NAME",
                         help="connect only the MIDI sources whose name contains NAME (default: all; with the UI)")
@@ -62,7 +65,7 @@ def run(args) -> int:
         preset.mode = args.mode
     config = EngineConfig(block=args.block, ring_blocks=args.ring, output=args.output,
                           samplerate=args.samplerate, device=args.device, threads=args.threads,
-                          backend=args.backend)
+                          backend=args.backend, realtime=args.realtime)
     engine = Engine(config)
     if not args.no_tui:
         try:
@@ -95,7 +98,8 @@ def run(args) -> int:
         "latency_ms": stats.latency_ms, "ring_latency_ms": stats.ring_latency_ms,
         "device_latency_ms": stats.device_latency_ms, "model_rtf": stats.model_rtf, "peak": stats.peak,
         "seconds": stats.elapsed, "samplerate": stats.samplerate, "block": stats.block, "mode": stats.mode,
-        "recording": args.record,
+        "audio_sched": stats.audio_sched, "producer_sched": stats.producer_sched,
+        "realtime_refused": stats.realtime_refused, "recording": args.record,
     }
     print(json.dumps(summary))
     return 0

@@ -201,6 +201,9 @@ class InstrumentApp(App):
         rtf_style = "bold red" if 0 < s.model_rtf < 1.0 else "green"
         head.append(f"model ×{s.model_rtf:.3g} RT", style=rtf_style)
         head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  oct {self.octave}")
+        if s.producer_sched:  # real-time or not is what decides whether a busy machine can starve the ring
+            head.append(f"   sched {s.producer_sched}/{s.audio_sched or '?'}",
+                        style="dim" if "FIFO" in s.producer_sched or "RR" in s.producer_sched else "yellow")
         if s.recording:
             elapsed = time.monotonic() - (self.record_started or time.monotonic())
             head.append(f"   ● REC {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}  {Path(s.recording).name}",

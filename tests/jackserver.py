@@ -35,8 +35,10 @@ def _die_with_parent() -> None:
 
 
 class JackServer:
-    def __init__(self, name: str = SERVER_NAME, rate: int = RATE, period: int = PERIOD):
-        self.name, self.rate, self.period = name, rate, period
+    def __init__(self, name: str = SERVER_NAME, rate: int = RATE, period: int = PERIOD, realtime: bool = False,
+                 portaudio: bool = True):
+        """`portaudio=False`: a server for subprocesses only; this process's PortAudio stays on the session's."""
+        self.name, self.rate, self.period, self.realtime, self.portaudio = name, rate, period, realtime, portaudio
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "JackServer":
@@ -46,8 +48,9 @@ class JackServer:
         self.log = tempfile.NamedTemporaryFile("w+b", prefix=f"{self.name}-", suffix=".log", delete=False)
         if jackd is None:
             raise RuntimeError("jackd is not installed: run ./dev setup (it installs the Debian package jackd2).")
+        rt = ["--realtime", "-P", "70"] if self.realtime else ["--no-realtime"]
         self.proc = subprocess.Popen(
-            [jackd, "--no-realtime", "-t", "5000", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
+            [jackd, *rt, "-t", "5000", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
             # Its messages go to a file, never a pipe: under load jackd prints an xrun line per late cycle, and a
             # pipe nobody reads fills up and blocks jackd (and with it every client).
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
@@ -59,11 +62,13 @@ class JackServer:
             err = Path(self.log.name).read_text(errors="replace")[-2000:]
             self.stop()
             raise RuntimeError(f"jackd did not start: {ok.stdout} {ok.stderr} {err}")
-        refresh_portaudio()
+        if self.portaudio:
+            refresh_portaudio()
         return self
 
     def stop(self) -> None:
-        terminate_portaudio()
+        if self.portaudio:
+            terminate_portaudio()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
