@@ -229,9 +229,13 @@ class InstrumentApp(App):
     def _show(self, widget_id: str, text: Text) -> None:
         """Update a panel only when its text changed: every update costs a render, and the UI shares the
         interpreter (and its GIL) with the audio callback."""
-        if self._shown.get(widget_id) != text:
+        old = self._shown.get(widget_id)
+        if old != text:
             self._shown[widget_id] = text
-            self._widgets[widget_id].update(text)
+            # A layout pass reflows and repaints the whole screen (measured with py-spy: most of the UI's GIL
+            # time); the panels keep their size unless their line count changes, so most updates skip it.
+            lines = text.plain.count("\n")
+            self._widgets[widget_id].update(text, layout=old is None or old.plain.count("\n") != lines)
 
     def _params_view(self) -> Text:
         bank, mapper = self.performance.bank, self.performance.mapper

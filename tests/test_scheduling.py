@@ -85,3 +85,31 @@ def test_under_a_realtime_server_the_producer_runs_fifo_just_below_the_audio_thr
     assert staged["producer_sched"] == f"FIFO {int(prio) - PRODUCER_BELOW_AUDIO}" and staged["realtime_refused"] is None
     assert staged["blocks"] > 300 and staged["peak"] > 0
     assert off["audio_sched"] == staged["audio_sched"] and off["producer_sched"].startswith("nice")
+
+
+@needs_fifo
+def test_the_thread_that_starts_the_engine_and_threads_it_starts_later_are_favoured(tmp_path_factory):
+    """Every thread of the player shares the GIL with the audio callback, so none should be preempted by unrelated
+    work while holding it: the driving thread (the UI's) and the threads it starts afterwards get DRIVER_NICE."""
+    from instrument.engine import DRIVER_NICE, Engine, EngineConfig
+
+    model = tiny_model(tmp_path_factory, "vrnn-tiny")
+    seen = {}
+
+    def drive():
+        engine = Engine(EngineConfig(output="none")).start(str(model))
+        try:
+            seen["driver"] = current_policy().nice
+            child = threading.Thread(target=lambda: seen.__setitem__("child", current_policy().nice))
+            child.start()
+            child.join()
+            seen["stats"] = engine.stats()
+        finally:
+            engine.stop()
+
+    t = threading.Thread(target=drive)
+    t.start()
+    t.join()
+    assert seen["driver"] == DRIVER_NICE and seen["child"] == DRIVER_NICE
+    # Without a real-time audio thread (the null sink's is an ordinary one) the producer stays ordinary (auto).
+    assert seen["stats"].producer_sched.startswith("nice") and seen["stats"].realtime_refused is None
