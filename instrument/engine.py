@@ -341,6 +341,7 @@ class Engine:
                 if prog.cache is not None:
                     prog.cache.wait_ready(10)
                 prog.render(self.config.block)  # warm up the graph and the resampler before the crossfade
+                gc.freeze()  # the new program lives on: keep full collections short (see start())
                 self._pending = (prog, frames)
                 while self._pending is not None or self._fading is not None:
                     time.sleep(0.002)

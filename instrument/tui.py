@@ -16,6 +16,7 @@ the key auto-repeats.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 from datetime import datetime
@@ -35,6 +36,11 @@ from instrument.mapping import Performance
 from instrument.midi import note_name
 
 REFRESH_HZ = 15
+# Once the UI has drawn a few frames, everything it keeps (widgets, styles, render caches) goes out of the cycle
+# collector's sight, as the engine's own objects did at start: a full collection over them held the GIL for
+# 11-25 ms about every 40 s (measured with gc.callbacks), longer than the ring's 10.7 ms of cover, so each one
+# was an underrun. Freezing only moves objects to the permanent generation (no scan, no pause).
+FREEZE_HEAP_AFTER = 2.0  # seconds after mount
 GATE = 0.45  # seconds a computer-keyboard note is held after its last (auto-repeated) press
 LOWER_ROW = "zsxdcvgbhnjm,l.;/"
 UPPER_ROW = "q2w3er5t6y7ui9o0p"
@@ -177,6 +183,7 @@ class InstrumentApp(App):
                                                                       "message")}
         self.refresh_view()
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
+        self.set_timer(FREEZE_HEAP_AFTER, gc.freeze)
 
     # --- the view (15 Hz) ----------------------------------------------------------------------------------------
     def refresh_view(self) -> None:

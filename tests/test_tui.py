@@ -1,5 +1,6 @@
 """The terminal UI against the real engine on the real JACK server: textual's Pilot, then once in a real terminal."""
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import soundfile as sf
 
 from instrument.engine import Engine, EngineConfig
 from instrument.presets import load_preset
-from instrument.tui import PIANO, make_app
+from instrument.tui import FREEZE_HEAP_AFTER, PIANO, make_app
 from jackserver import wait_for
 from jackutil import JackCapture, export_tiny
 from tinymodels import tiny_wavegan
@@ -59,6 +60,7 @@ def test_keys_drive_the_engine_and_the_meter_follows_the_jack_stream(jack_server
 
     async def play():
         async with app.run_test(size=(120, 40)) as pilot:
+            mounted, frozen = time.monotonic(), gc.get_freeze_count()
             await pilot.pause(0.2)
             assert meter_db(app) == -200.0  # silence before any key
             assert "onnx CPU" in str(app.query_one("#status").render())  # what runs the model, and where
@@ -89,6 +91,8 @@ def test_keys_drive_the_engine_and_the_meter_follows_the_jack_stream(jack_server
             assert meter_db(app) < max(seen)  # and fell back after it
             await pilot.press("ctrl+r")
             assert not engine.stats().recording and len(app.recorded) == 1
+            await pilot.pause(max(0.0, mounted + FREEZE_HEAP_AFTER + 0.3 - time.monotonic()))
+            assert gc.get_freeze_count() > frozen  # the UI's own objects left the collector's sight
             await pilot.press("ctrl+q")
 
     try:
