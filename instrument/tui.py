@@ -40,7 +40,12 @@ REFRESH_HZ = 15
 # collector's sight, as the engine's own objects did at start: a full collection over them held the GIL for
 # 11-25 ms about every 40 s (measured with gc.callbacks), longer than the ring's 10.7 ms of cover, so each one
 # was an underrun. Freezing only moves objects to the permanent generation (no scan, no pause).
+# Then again and again: the render caches keep growing, and a full collection's pause grows with them (a 10-minute
+# endurance run had its underruns in the last minutes). The price is that cyclic garbage already old at a freeze
+# is never freed; textual's per-frame objects die young, by reference counting or in the younger generations.
 FREEZE_HEAP_AFTER = 2.0  # seconds after mount
+FREEZE_HEAP_EVERY = 30.0  # seconds
+SLOW_PANELS_EVERY = 3  # the status line and the MIDI log repaint at REFRESH_HZ / 3
 GATE = 0.45  # seconds a computer-keyboard note is held after its last (auto-repeated) press
 LOWER_ROW = "zsxdcvgbhnjm,l.;/"
 UPPER_ROW = "q2w3er5t6y7ui9o0p"
@@ -183,12 +188,28 @@ class InstrumentApp(App):
                                                                       "message")}
         self.refresh_view()
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
-        self.set_timer(FREEZE_HEAP_AFTER, gc.freeze)
+        self.set_timer(FREEZE_HEAP_AFTER, self._freeze_heap)
+        self.set_interval(FREEZE_HEAP_EVERY, self._freeze_heap)
 
-    # --- the view (15 Hz) ----------------------------------------------------------------------------------------
+    def _freeze_heap(self) -> None:
+        gc.freeze()  # (a method: textual's timers cannot call a builtin function)
+
+    # --- the view (15 Hz; the status line and the MIDI log 5 Hz) -----------------------------------------------
     def refresh_view(self) -> None:
         self.refreshes += 1
         s = self.engine.stats()
+        self._show("params", self._params_view())
+        self._show("meter", self._meter_view(s))
+        self._show("latent", self._latent_view())
+        # The figures and the MIDI log change every tick but are read, not watched: repainting them at a third of
+        # the rate gives two thirds of their GIL time back to the audio callback.
+        if (self.refreshes - 1) % SLOW_PANELS_EVERY == 0:
+            self._show("status", self._status_view(s))
+            self._show("midi", self._midi_view())
+        self._watch_learning()
+        self._show("message", self._message_view())
+
+    def _status_view(self, s) -> Text:
         p = self.performance.preset
         sw = self.performance.switcher
         head = Text()
@@ -215,12 +236,11 @@ class InstrumentApp(App):
             elapsed = time.monotonic() - (self.record_started or time.monotonic())
             head.append(f"   ● REC {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}  {Path(s.recording).name}",
                         style="bold white on red")
-        self._show("status", head)
-        self._show("params", self._params_view())
-        self._show("meter", self._meter_view(s))
-        self._show("latent", self._latent_view())
-        self._show("midi", self._midi_view())
-        self._watch_learning()
+        return head
+
+    def _message_view(self) -> Text:
+        sw = self.performance.switcher
+        model = getattr(getattr(self.engine, "_program", None), "model", None)
         msg = Text()
         note = getattr(model, "backend_note", None)
         if note:  # why the model runs as a graph when a faster loop exists (e.g. the native SampleRNN)
@@ -231,7 +251,7 @@ class InstrumentApp(App):
             msg.append(self.performance.save_error + "  ", style="bold red")
         if self.message and time.monotonic() < self.message_until:
             msg.append(self.message, style="bold yellow")
-        self._show("message", msg)
+        return msg
 
     def _show(self, widget_id: str, text: Text) -> None:
         """Update a panel only when its text changed: every update costs a render, and the UI shares the
