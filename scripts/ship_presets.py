@@ -147,9 +147,11 @@ def ship(recipe: PresetRecipe) -> dict:
     figures = json.loads(quality.split("neuralinst-eval:", 1)[1].split("-->", 1)[0]) if "neuralinst-eval:" in quality else {}
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".npz")}
     size_text = ", ".join(f"`{k}` {v / 1e6:.1f} MB" for k, v in sorted(sizes.items()))
-    verdict = ("meets the numeric target (≤ 0.3). Read it beside the matched-noise row (noise with the set's own "
-               "spectrum): on dense material the ruler is compressed, and a run this short mostly reproduces the "
-               "set's spectrum and dynamics, not its riffs — listen before trusting the number"
+    verdict = (f"meets the numeric target (≤ 0.3; timbre {figures.get('score_timbre', float('nan')):.2f}, dynamics "
+               f"{figures.get('score_dynamics', float('nan')):.2f}). Read it beside the matched-noise row (noise with "
+               "the set's own spectrum) and the spectrogram: the score compares log-mel frame statistics (spectral "
+               "envelope and level), not notes or structure, and a run this short reproduces the set's spectrum and "
+               "dynamics long before its notes, riffs or phrases — listen before trusting the number"
                if figures.get("score", 9) <= 0.3 else
                f"**misses the target of ≤ 0.3** (score {figures.get('score', float('nan')):.2f}): the run is far "
                "too short — see “Continue it”")
