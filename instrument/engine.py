@@ -15,7 +15,6 @@ See docs/DESIGN.md §4 for the API.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
