@@ -221,7 +221,11 @@ class InstrumentApp(App):
         meta = getattr(model, "meta", None)
         head.append(f"   out {self.output_name or self.engine.config.output} {s.samplerate} Hz"
                     + (f" · model {meta.sample_rate} Hz" if meta is not None else "") + f" · block {s.block}")
-        head.append(f"   {backend_label(model)}\n" if model is not None else "\n", style="dim")
+        head.append(f"   {backend_label(model)}" if model is not None else "", style="dim")
+        if s.producer_sched:  # real-time or not decides whether a busy machine can starve the ring
+            realtime = "FIFO" in s.producer_sched or "RR" in s.producer_sched
+            head.append(f" · {s.producer_sched}/{s.audio_sched or '?'}", style="dim" if realtime else "yellow")
+        head.append("\n")
         head.append(f" latency {s.latency_ms:.1f} ms (note {s.note_latency_ms:.1f})  ")
         head.append(f"ring {round(s.ring_fill * 4) * 25:3d}%  ")
         head.append(f"underruns {s.underruns} xruns {s.xruns}  ",
@@ -229,9 +233,6 @@ class InstrumentApp(App):
         rtf_style = "bold red" if 0 < s.model_rtf < 1.0 else "green"
         head.append(f"model ×{s.model_rtf:.3g} RT", style=rtf_style)
         head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  oct {self.octave}")
-        if s.producer_sched:  # real-time or not is what decides whether a busy machine can starve the ring
-            head.append(f"   sched {s.producer_sched}/{s.audio_sched or '?'}",
-                        style="dim" if "FIFO" in s.producer_sched or "RR" in s.producer_sched else "yellow")
         if s.recording:
             elapsed = time.monotonic() - (self.record_started or time.monotonic())
             head.append(f"   ● REC {int(elapsed) // 60:02d}:{elapsed % 60:04.1f}  {Path(s.recording).name}",
