@@ -57,7 +57,8 @@ def machine() -> dict:
         commit = ""
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(), "cpu": cpu, "cpu_id": cpu_id, "cores": os.cpu_count(), "python": platform.python_version(),
+        "host": platform.node(), "cpu": cpu, "cpu_id": cpu_id, "cores": os.cpu_count(),
+        "python": platform.python_version(),
         "load_average": list(os.getloadavg()), "versions": versions, "commit": commit,
     }
 

@@ -32,6 +32,7 @@ from instrument.events import Event, EventQueue
 from instrument.params import ParamSpec, Smoother
 from instrument.recorder import Recorder
 from instrument.ringbuffer import RingBuffer
+from instrument.scheduling import MODES as REALTIME_MODES
 from instrument.scheduling import ThreadPolicy, current_policy, make_realtime, producer_priority, raise_nice
 from instrument.sources import Program
 from instrument.voices import VoicePool
@@ -178,6 +179,8 @@ class Engine:
         if self._running:
             raise RuntimeError("the engine is already running")
         c = self.config
+        if c.realtime not in REALTIME_MODES:  # before anything is opened
+            raise UserError(f"--realtime must be one of {', '.join(REALTIME_MODES)}, not {c.realtime!r}.")
         raise_nice(DRIVER_NICE)  # this thread, and the threads it starts from here on (they inherit it)
         # The audio callback needs the GIL within a fraction of a block; Python's default 5 ms switch interval
         # would let the producer hold it through whole JACK cycles (measured: ~40 xruns/s at 128 frames).
@@ -203,8 +206,6 @@ class Engine:
         self._audio_policy: ThreadPolicy | None = None  # read once by the callback, on its own thread
         self._producer_policy: ThreadPolicy | None = None
         self._realtime_refused: str | None = None
-        if c.realtime not in ("auto", "on", "off"):
-            raise UserError(f"--realtime must be auto, on or off, not {c.realtime!r}.")
         # Worker scratch.
         self._sendbuf = np.zeros((B, ch), np.float32)
         self._outbuf = np.zeros((B, ch), np.float32)
