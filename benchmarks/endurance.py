@@ -1,12 +1,13 @@
 """Endurance: N minutes of play with the terminal UI running, a MIDI stream of CC moves and notes, and a CPU hog.
 
-    neuralinst bench endurance [--minutes 10] [--config vrnn-tiny] [--cc-rate 50] [--ui auto|none] [--no-hog]
-                               [--quick] [--server NAME]
+    neuralinst bench endurance [--minutes 10] [--config vrnn-tiny] [--cc-rate 50]
+                               [--ui auto|process|inprocess|none] [--no-hog] [--quick] [--server NAME]
 
 The instrument is wired as on stage: `Engine` → PortAudio → a private JACK server, the mapper of
-`instrument.mapping`, the frame-stamped JACK MIDI input, and the textual UI (`instrument.tui`) running headless in
-this process through `App.run_test()` (it redraws, polls the engine's stats and competes for the GIL exactly as
-it would in a terminal). A measuring JACK client (`note_latency.Probe`) plays the MIDI: `--cc-rate` CC messages
+`instrument.mapping`, the frame-stamped JACK MIDI input, and the textual UI (`instrument.tui`) running headless through
+`App.run_test()` (it redraws and polls the engine's stats as it would in a terminal): in its own process, as
+`neuralinst play` runs it (`--ui process`, the default: `instrument.uiproc`), or in this process competing for the
+GIL with the audio callback (`--ui inprocess`, as `play --ui inprocess`). A measuring JACK client (`note_latency.Probe`) plays the MIDI: `--cc-rate` CC messages
 per second, round-robin over the temperature, filter, send and first four latent knobs of the default mapping as
 slow sine sweeps, plus a note every 250 ms (held 125 ms; the stream preset resets on each note). A busy-loop
 process pinned to another core stands in for whatever else the machine runs.
@@ -41,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="how long to play (default 10)")
     p.add_argument("--config", default="vrnn-tiny", help="model config to play (default vrnn-tiny)")
     p.add_argument("--cc-rate", type=float, default=50.0, help="CC messages per second (default 50)")
-    p.add_argument("--ui", default="auto", choices=["auto", "none"], help="run the textual UI headless (auto: "
-                   "when instrument/tui.py is present)")
+    p.add_argument("--ui", default="auto", choices=["auto", "process", "inprocess", "none"],
+                   help="run the textual UI headless: in its own process as `neuralinst play` does (auto, process), "
+                   "in the engine's process (inprocess), or not at all")
     p.add_argument("--no-hog", action="store_true", help="no CPU hog on the other core")
     p.add_argument("--quick", action="store_true", help="a short run (20 s)")
     p.add_argument("--seconds", type=float, default=None, help="play this many seconds (overrides --minutes)")
@@ -140,12 +142,17 @@ def run(args) -> int:
             with JackSession(args.server, realtime=args.realtime):
                 inst = Instrument(preset, midi_path="jack")
                 probe = Probe(0.0)  # no capture: only MIDI out and the server's xrun count
-                app = None
+                app = host = None
                 try:
                     probe.schedule(midi_schedule(seconds, args.cc_rate, lead))
                     probe.start(inst.midi_port)
-                    if args.ui == "auto":
+                    if args.ui == "inprocess":
                         app = find_app(inst.engine, preset, inst.performance)
+                    elif args.ui in ("auto", "process"):
+                        from instrument.uiproc import UiHost
+
+                        host = UiHost(inst.engine, inst.performance,
+                                      headless={"seconds": seconds + 60, "quit": False}).start()
                     t0 = time.monotonic()
 
                     def sample():
@@ -158,7 +165,10 @@ def run(args) -> int:
                     sample()
                     asyncio.run(_play(app, seconds, sample))
                     mapper_stats = dict(vars(inst.performance.mapper.stats))
+                    ui_alive = host is None or host.wait(0) is None
                 finally:
+                    if host is not None:
+                        host.close()
                     probe.close()
                     inst.close()
         finally:
@@ -176,7 +186,10 @@ def run(args) -> int:
     last, first = samples[-1], samples[0]
     figures = {
         "seconds": round(last["t"], 1), "config": args.config, "mode": preset.mode, "cc_rate": args.cc_rate,
-        "ui": type(app).__name__ if app is not None else "none", "cpu_hog": hog is not None,
+        "ui": (f"{type(app).__name__} (in the engine's process)" if app is not None else
+               "InstrumentApp (own process)" if host is not None else "none"),
+        "ui_requests": host.requests if host is not None else None, "ui_alive_to_the_end": ui_alive,
+        "cpu_hog": hog is not None,
         "jack_realtime": bool(args.realtime),
         "midi_events": last["midi_events"], "mapper": mapper_stats,
         "underruns": last["underruns"] - first["underruns"], "xruns": last["xruns"] - first["xruns"],

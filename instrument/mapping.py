@@ -491,6 +491,12 @@ class Performance:
         except UserError as e:
             self.save_error = str(e)
 
+    def save_as(self, name: str):
+        """The playing preset with the knobs where they are now, as a new user preset `name` (its path)."""
+        from instrument.presets import save_preset
+
+        return save_preset(self.preset, name, values=dict(self.bank.values))
+
     def close(self) -> None:
         self.switcher.close()
         self.mapper.all_notes_off()

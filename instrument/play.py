@@ -1,11 +1,12 @@
 """`neuralinst play`: play a model live.
 
     neuralinst play --model NAME|PATH.onnx [--no-tui --seconds S] [--record F.wav] [--output auto|jack|none|NAME]
-                    [--block N] [--ring BLOCKS] [--realtime auto|on|off]
+                    [--block N] [--ring BLOCKS] [--realtime auto|on|off] [--ui process|inprocess]
 
 Headless (`--no-tui`) it plays for S seconds (or until Ctrl-C) and prints a one-line JSON summary: blocks,
 underruns, xruns, measured output latency, model real-time factor, peak level. Otherwise it hands the running
-engine to the terminal UI (`instrument.tui.run(engine, preset, args)`), which also opens MIDI.
+engine to the terminal UI (`instrument.tui.run(engine, preset, args)`), which opens MIDI and runs the textual app
+in a child process (`instrument/uiproc.py`) unless `--ui inprocess`.
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--record-dir", default=".", help="folder for recordings started from the UI")
     parser.add_argument("--mode", default=None, choices=["oneshot", "continuous", "stream"],
                         help="voice mode (default: the preset's)")
+    parser.add_argument("--ui", default="process", choices=["process", "inprocess"],
+                        help="where the terminal UI runs: its own process (default; its drawing never delays the "
+                        "audio callback) or this one")
 
 
 def resolve_preset(model: str):

@@ -21,6 +21,7 @@ import math
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from rich.text import Text
 from textual import events
@@ -34,6 +35,7 @@ from instrument import events as ev
 from instrument.errors import UserError
 from instrument.mapping import Performance
 from instrument.midi import note_name
+from instrument.uiproc import UiHost, describe_model
 
 REFRESH_HZ = 15
 # Once the UI has drawn a few frames, everything it keeps (widgets, styles, render caches) goes out of the cycle
@@ -132,10 +134,7 @@ class SaveAs(ModalScreen[str | None]):
 
 def backend_label(model) -> str:
     """What runs the model, in a few words: "native C loop", or "onnx CUDA" / "onnx CPU" (the first provider)."""
-    if getattr(model, "backend", "onnx") == "native":
-        return "native C loop"
-    providers = getattr(model, "providers", None) or ["CPUExecutionProvider"]
-    return "onnx " + providers[0].removesuffix("ExecutionProvider")
+    return describe_model(SimpleNamespace(_program=SimpleNamespace(model=model)))["label"]
 
 
 class InstrumentApp(App):
@@ -166,6 +165,8 @@ class InstrumentApp(App):
         self._latent_axes = (0, 1)
         self._last_learning: str | None = None
         self._shown: dict[str, Text] = {}
+        # In its own process (instrument/uiproc.py) the engine is a stand-in that says what model it plays.
+        self._model_info = getattr(engine, "model_info", None) or (lambda: describe_model(engine))
         performance.listeners.append(self._on_switched)
 
     # --- layout --------------------------------------------------------------------------------------------------
@@ -217,11 +218,10 @@ class InstrumentApp(App):
         head.append(f"  {p.kind} · {p.mode}")
         if sw.switching:
             head.append(f"  → loading {sw.switching}…", style="bold yellow")
-        model = getattr(getattr(self.engine, "_program", None), "model", None)
-        meta = getattr(model, "meta", None)
+        model = self._model_info()
         head.append(f"   out {self.output_name or self.engine.config.output} {s.samplerate} Hz"
-                    + (f" · model {meta.sample_rate} Hz" if meta is not None else "") + f" · block {s.block}")
-        head.append(f"   {backend_label(model)}" if model is not None else "", style="dim")
+                    + (f" · model {model['sample_rate']} Hz" if model["sample_rate"] else "") + f" · block {s.block}")
+        head.append(f"   {model['label']}" if model["label"] else "", style="dim")
         if s.producer_sched:  # real-time or not decides whether a busy machine can starve the ring
             realtime = "FIFO" in s.producer_sched or "RR" in s.producer_sched
             head.append(f" · {s.producer_sched}/{s.audio_sched or '?'}", style="dim" if realtime else "yellow")
@@ -241,9 +241,8 @@ class InstrumentApp(App):
 
     def _message_view(self) -> Text:
         sw = self.performance.switcher
-        model = getattr(getattr(self.engine, "_program", None), "model", None)
         msg = Text()
-        note = getattr(model, "backend_note", None)
+        note = self._model_info()["note"]
         if note:  # why the model runs as a graph when a faster loop exists (e.g. the native SampleRNN)
             msg.append(note + "  ", style="yellow")
         if sw.error:
@@ -446,10 +445,8 @@ class InstrumentApp(App):
     def _save(self, name: str | None) -> None:
         if not name:
             return
-        from instrument.presets import save_preset
-
         try:
-            path = save_preset(self.performance.preset, name, values=dict(self.performance.bank.values))
+            path = self.performance.save_as(name)
             self.say(f"saved preset {name!r} to {path}")
         except UserError as e:
             self.say(str(e))
@@ -491,7 +488,9 @@ class InstrumentApp(App):
 
 
 def run(engine, preset, args) -> int:
-    """`neuralinst play` with the UI: the engine is running; open MIDI, build the performance, run the app."""
+    """`neuralinst play` with the UI: the engine is running; open MIDI, build the performance, run the app in its
+    own process (instrument/uiproc.py: textual's drawing must not hold the audio callback's GIL). `--ui inprocess`
+    runs it in this interpreter instead, as before (for comparison)."""
     performance = Performance(engine, preset)
     midi = None
     select = getattr(args, "midi", None)
@@ -505,17 +504,48 @@ def run(engine, preset, args) -> int:
             performance.close()
             raise
         midi = None  # no MIDI system at all: the computer keyboard still plays
-    app = InstrumentApp(engine, performance, midi, record_dir=getattr(args, "record_dir", None) or ".",
-                        output_name=str(getattr(args, "output", "")))
+    record_dir = getattr(args, "record_dir", None) or "."
+    output_name = str(getattr(args, "output", ""))
     try:
-        app.run()
+        if getattr(args, "ui", "process") == "inprocess":
+            app = InstrumentApp(engine, performance, midi, record_dir=record_dir, output_name=output_name)
+            app.run()
+            code, recorded = int(app.return_code or 0), app.recorded
+        else:
+            code, recorded = _run_in_process(engine, performance, midi, record_dir, output_name)
     finally:
         if midi is not None:
             midi.close()
         performance.close()
-    for path in app.recorded:
+    for path in recorded:
         print(f"recorded {path}")
+    if code not in (0, None):
+        raise UserError(f"the terminal UI stopped unexpectedly (exit code {code}); the engine was stopped"
+                        + (" and the recording kept." if recorded else "."))
     return 0
+
+
+def _run_in_process(engine, performance, midi, record_dir, output_name) -> tuple[int | None, list[Path]]:
+    """The UI as a child process; this (the engine's) process answers it until it exits, or until a SIGTERM or
+    SIGHUP (a closed terminal) ends the session with the recording kept."""
+    import signal
+
+    ended = {"by": None}
+
+    def end(signum, _frame):
+        ended["by"] = signum
+
+    host = UiHost(engine, performance, midi, record_dir=record_dir, output_name=output_name)
+    previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        host.start()
+        while host.wait(0.2) is None and ended["by"] is None:
+            pass
+    finally:
+        host.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return (0 if ended["by"] is not None else host.exitcode), host.recorded
 
 
 def make_app(engine, preset=None, performance: Performance | None = None, midi=None, **kwargs) -> InstrumentApp:

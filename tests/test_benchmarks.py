@@ -115,6 +115,8 @@ def test_endurance_short(models, tmp_path):
     assert [m["minute"] for m in fig["per_minute"]] == [1]
     assert fig["mapper"]["ccs"] > 100 and fig["mapper"]["notes"] > 5  # the MIDI stream reached the mapper
     assert fig["underruns"] >= 0 and fig["model_rtf"] > 0
+    # The UI ran as `neuralinst play` runs it, in its own process, and answered its link to the end.
+    assert fig["ui"] == "InstrumentApp (own process)" and fig["ui_alive_to_the_end"] and fig["ui_requests"] > 20
 
 
 def _bench(name, argv, timeout=120):
