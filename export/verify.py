@@ -3,18 +3,25 @@
     from export.verify import verify_export
     report = verify_export(model, "model.onnx", calls=200)    # -> VerifyReport; report.passed, report.max_abs_diff
 
-Both sides run closed loop, each feeding its own state back, with the controls moving between calls, through the real runtime (instrument.model.load_model:
-the same IOBinding, initial state and noise path the instrument uses). The runtime draws the noise; the torch model
-gets exactly the arrays the runtime used. A drift in any state therefore shows up in the audio of later calls.
+Both sides run closed loop, each feeding its own state back, with the controls moving between calls, through the
+real runtime (instrument.model.load_model: the same IOBinding, initial state and noise path the instrument uses).
+The runtime draws the noise; the torch model gets exactly the arrays the runtime used. A drift in any state therefore shows up in the audio of later calls.
 
 Quantised models (meta.quantization, i.e. SampleRNN) sample discrete levels by inverting a CDF with a uniform
 noise value. A float rounding difference of ~1e-7 can move a sample across a CDF boundary to the adjacent level;
 that is legitimate, but after it the two streams are different (correct) performances. The rule, per stream and
-block: if the first mismatching sample is an adjacent-level flip, it counts as one flip and the rest of that block
-is excused (later samples are conditioned on the flipped one); the runtime's state is then resynchronised from
-torch and the comparison goes on. Verification fails on any other mismatch, or if flips exceed `max_flip_rate` of
-the samples compared (default 1e-3: a flip must be rare; measured on samplernn-live with random weights: 1 flip in
-12,800 samples).
+block: if the first mismatching sample is a flip, it counts as one flip and the rest of that block is excused
+(later samples are conditioned on the flipped one); the runtime's state is then resynchronised from torch and the
+comparison goes on. A flip is an adjacent-level one, or, checked against torch's own distribution at that sample
+(teacher-forced from the state before the call), a pair of levels with the noise value within `boundary_tolerance`
+of the CDF between them and less than that much probability on the levels in between (a trained model's
+distribution has such gaps: one rounding step moves the draw across all of them). Verification fails on any other
+mismatch, or if flips exceed `max_flip_rate` of the samples compared (default 1e-3: a flip must be rare; measured on
+samplernn-live with random weights: 1 flip in 12,800 samples).
+
+A native loop with int8 matrices rounds each matrix's input to 14 bits: its state follows torch's to ~1e-3, not
+1e-5, so it is verified with `state_tolerance` and `boundary_tolerance` 2e-3 and, each flip still checked against
+the CDF, `max_flip_rate` 5e-3 (export/cli.py; measured: 9 flips in 3,840 samples on samplernn-piano).
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ class VerifyReport:
     max_abs_diff: float  # audio, over every call (flipped samples excluded)
     max_state_diff: float  # relative to max(1, |state|)
     tolerance: float
-    flips: int  # adjacent-level flips (quantised models only), one per stream and block at most
+    flips: int  # level flips (quantised models only), one per stream and block at most
     samples: int
     passed: bool
     failure: str = ""
@@ -47,7 +54,7 @@ class VerifyReport:
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else f"FAILED: {self.failure}"
-        flips = f", {self.flips} adjacent-level flips in {self.samples} samples" if self.flips else ""
+        flips = f", {self.flips} level flips in {self.samples} samples" if self.flips else ""
         return (f"verify {verdict} ({self.calls} streaming calls, batch {self.batch}: max |onnx - torch| "
                 f"{self.max_abs_diff:.3g} audio, {self.max_state_diff:.3g} state, tolerance {self.tolerance:g}{flips})")
 
@@ -68,9 +75,10 @@ def _level_index(x: np.ndarray, quantization: dict) -> np.ndarray | None:
     return None
 
 
-def _excuse_flips(audio_rt, audio_t, bad, diff, quant) -> tuple[int, np.ndarray]:
-    """Per stream: if its first mismatching sample is an adjacent-level flip, excuse it and everything after it
-    in this block (the model is autoregressive: later samples follow the flipped one). Returns (flips, diff)."""
+def _excuse_flips(audio_rt, audio_t, bad, diff, quant, across_gap=None) -> tuple[int, np.ndarray]:
+    """Per stream: if its first mismatching sample is a flip, excuse it and everything after it in this block (the
+    model is autoregressive: later samples follow the flipped one). `across_gap(item, t, lo, hi)` judges levels
+    further apart than neighbours (None: only adjacent levels are flips). Returns (flips, diff)."""
     diff = diff.copy()
     flips = 0
     for item in range(bad.shape[0]):
@@ -81,10 +89,32 @@ def _excuse_flips(audio_rt, audio_t, bad, diff, quant) -> tuple[int, np.ndarray]
         channels = bad[item, :, t0]
         a = _level_index(audio_rt[item, channels, t0], quant)
         b = _level_index(audio_t[item, channels, t0], quant)
-        if a is not None and np.all(np.abs(a - b) == 1):
+        if a is None:
+            continue
+        apart = np.abs(a - b)
+        if np.all(apart == 1) or (across_gap is not None and a.size == 1 and apart[0] > 1
+                                  and across_gap(item, int(t0), int(min(a[0], b[0])), int(max(a[0], b[0])))):
             flips += 1
             diff[item, :, t0:] = 0.0
     return flips, diff
+
+
+def _gap_judge(model, before, controls, audio_t, boundary_tolerance: float):
+    """For a model with `step_teacher_forced` (SampleRNN): is the noise value at (item, t) within the tolerance of
+    torch's CDF at level lo, with less than the tolerance of probability on the levels between lo and hi?"""
+    if not hasattr(model, "step_teacher_forced") or "noise" not in controls or "temperature" not in controls:
+        return None
+    cache = {}
+
+    def judge(item: int, t: int, lo: int, hi: int) -> bool:
+        if "logits" not in cache:
+            cache["logits"], _ = model.step_teacher_forced(torch.from_numpy(audio_t).float(), before)
+        temperature = float(controls["temperature"].reshape(audio_t.shape[0], -1)[item, 0])
+        cdf = torch.cumsum(torch.softmax(cache["logits"][item, t].double() / temperature, -1), -1)
+        u = float(controls["noise"].reshape(audio_t.shape[0], -1)[item, t])
+        return abs(u - float(cdf[lo])) < boundary_tolerance and float(cdf[hi - 1] - cdf[lo]) < boundary_tolerance
+
+    return judge
 
 
 def _vary_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator, call: int) -> None:
@@ -111,12 +141,16 @@ def verify_export(
     max_flip_rate: float = 1e-3,
     device: str = "cpu",
     backend: str = "onnx",
+    state_tolerance: float | None = None,
+    boundary_tolerance: float = 1e-4,
 ) -> VerifyReport:
     # backend="native": the same proof for a SampleRNN's C loop (the .native.npz beside the graph)
     runtime = load_model(onnx_path, device=device, threads=1, batch=batch, backend=backend)
     meta = runtime.meta
     if tolerance is None:
         tolerance = FP16_TOLERANCE if meta.precision == "float16" else DEFAULT_TOLERANCE
+    if state_tolerance is None:
+        state_tolerance = tolerance
     runtime.reset(seed)
     control_rng = np.random.default_rng(seed)
     model = model.eval()
@@ -140,6 +174,7 @@ def verify_export(
             for name, array in runtime.last_controls().items():
                 value = torch.from_numpy(array)
                 controls[name] = value.float() if value.is_floating_point() else value
+            before = state
             audio_t, state = model.step(controls, state)
             audio_t = audio_t.detach().double().numpy()
             report.samples += audio_t.size
@@ -147,7 +182,8 @@ def verify_export(
             bad = diff > tolerance
             flipped_block = False
             if bad.any() and quant:
-                flips, diff = _excuse_flips(audio_rt, audio_t, bad, diff, quant)
+                judge = _gap_judge(model, before, controls, audio_t, boundary_tolerance)
+                flips, diff = _excuse_flips(audio_rt, audio_t, bad, diff, quant, judge)
                 report.flips += flips
                 flipped_block = flips > 0
             block_max = float(diff.max()) if diff.size else 0.0
@@ -168,14 +204,15 @@ def verify_export(
                 scale = max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
                 d = float(np.abs(got - ref).max()) / scale if ref.size else 0.0
                 report.max_state_diff = max(report.max_state_diff, d)
-                if d > tolerance or not math.isfinite(d):
+                if d > state_tolerance or not math.isfinite(d):
                     report.passed = False
-                    report.failure = f"call {call}: state {s.name!r} differs by {d:.3g} (relative) > {tolerance:g}"
+                    report.failure = (f"call {call}: state {s.name!r} differs by {d:.3g} (relative) > "
+                                      f"{state_tolerance:g}")
                     break
             if not report.passed:
                 break
     if report.passed and report.samples and report.flips > max_flip_rate * report.samples:
         report.passed = False
-        report.failure = f"{report.flips} adjacent-level flips in {report.samples} samples is more than chance"
+        report.failure = f"{report.flips} level flips in {report.samples} samples is more than chance"
     report.calls = len(report.per_call_max)
     return report

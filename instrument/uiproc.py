@@ -241,6 +241,7 @@ class Link:
         self.conn = conn
         self.latest: Snapshot | None = None
         self.on_snapshot = on_snapshot
+        self.on_lost = None  # called once, on the link thread, when the engine's process has gone
         self.lost = False
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()  # the app's thread and the link thread both send
@@ -287,7 +288,12 @@ class Link:
             with self._send_lock:
                 self.conn.send(msg)
         except (BrokenPipeError, OSError):
-            self.lost = True
+            self._lose()
+
+    def _lose(self) -> None:
+        first, self.lost = not self.lost, True
+        if first and self.on_lost is not None and not self._stop.is_set():
+            self.on_lost()
 
     def _deliver(self, reply) -> None:
         rid, status, value = reply
@@ -314,7 +320,7 @@ class Link:
                     continue
                 reply = self.conn.recv()
             except (EOFError, OSError):
-                self.lost = True
+                self._lose()
                 return
             self._deliver(reply)
             if reply[0] == asked:
@@ -513,6 +519,14 @@ def ui_main(conn, options: dict) -> None:
     midi = RemoteMidi(link) if link.latest.midi is not None else None
     app = tui.InstrumentApp(RemoteEngine(link), performance, midi, record_dir=options.get("record_dir") or ".",
                             output_name=options.get("output_name") or "")
+    # The engine's process gone (killed, crashed): nothing to play or show; leave the terminal as it was.
+    def lost() -> None:
+        try:
+            app.call_from_thread(app.exit, 3)
+        except RuntimeError:  # noticed on the app's own thread (a key press found the pipe broken)
+            app.exit(3)
+
+    link.on_lost = lost
     headless = options.get("headless")
     try:
         if headless:

@@ -80,7 +80,7 @@ PRESETS = [
         ["chunk_seconds=0.256", "batch_size=8", "sample_seconds=0.5"], "stream",
         "SampleRNN (tiers 16/4, GRU 256) trained on 50 minutes of piano, played sample by sample in real time.",
         defaults={"temperature": 1.0, "volume": 0.8, "reverb.send": 0.15}, effects=ROOM,
-        export_args=["--native-half"]),
+        export_args=["--native-int8"]),
     PresetRecipe(
         "samplernn-loud", "samplernn-live", "data/heavy", "data/heavy",
         "scripts/build_datasets.sh heavy", "(done by build_datasets.sh: --kind samplernn)",

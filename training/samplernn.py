@@ -346,6 +346,14 @@ class Model(StreamingModel):
             out += [skip.weight for skip in tier.skips] + [tier.upsample.weight]
         return out + [lin.weight for lin in self.mlp.hidden] + [self.mlp.output.weight]
 
+    def _fold_weight_norm_(self) -> None:
+        from torch.nn.utils import parametrize
+
+        for module in list(self.modules()):
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations.keys()):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
     @torch.no_grad()
     def round_weights_to_half_(self) -> "Model":
         """For export with float16 native weights: fold weight normalisation into plain weights, then round every
@@ -354,16 +362,29 @@ class Model(StreamingModel):
         An export-time transform: the module layout no longer matches a training checkpoint. Never call it on a
         copy.deepcopy of a model still in use: the copies share weight norm's parametrised classes, and removing
         the parametrisation from one breaks the other (load a second model instead)."""
-        from torch.nn.utils import parametrize
-
-        for module in list(self.modules()):
-            if parametrize.is_parametrized(module):
-                for name in list(module.parametrizations.keys()):
-                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        self._fold_weight_norm_()
         for w in self.streamed_matrices():
             if w.abs().max() > 65504:
                 raise ValueError("a weight exceeds the float16 range; this model cannot use float16 weights")
             w.copy_(w.half().float())
+        self.mlp._tables = None
+        return self
+
+    @torch.no_grad()
+    def round_weights_to_int8_(self) -> "Model":
+        """For export with int8 native weights: fold weight normalisation, then put every streamed matrix on the
+        grid the native loop stores: per row of the loop's layout (an output unit; for the upsampling, an output
+        unit of one of its frame_size positions), w = q * scale with q an integer in [-127, 127] and scale =
+        max|w| / 127, computed in float32 exactly as instrument.native.samplernn.quantize_rows does. The ONNX graph
+        and the native loop exported from the rounded model then compute the same thing (up to the loop's 14-bit
+        activation step). Same cautions as round_weights_to_half_."""
+        self._fold_weight_norm_()
+        upsampling = {id(tier.upsample.weight) for tier in self.tiers}
+        for w in self.streamed_matrices():
+            over = 0 if id(w) in upsampling else w.dim() - 1  # ConvTranspose1d [in, out, k] reads along `in`
+            peak = w.abs().amax(dim=over, keepdim=True)
+            scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+            w.copy_(torch.round(w / scale).clamp(-127, 127) * scale)
         self.mlp._tables = None
         return self
 

@@ -8,6 +8,10 @@
  * Optionally (half = 1) the matrices are stored as IEEE float16 and widened to float32 as they are read (F16C on
  * x86): half the bytes to stream from cache per sample, the same float32 arithmetic. The weights must then already
  * be float16 values in the torch model (training/samplernn.py Model.round_weights_to_half_) for the two to agree.
+ * Or (int8 = 1) they are int8 with one float32 scale per row (w = q * scale[row]), widened as they are read:
+ * a quarter of the bytes. The tier-0 upsampling and GRU matrices (5.5 MB in float32 at dim 256) are read every
+ * 16 samples and the sample-level MLP's (0.5 MB) every sample; in float32 they do not stay in a 512 KB L2 / shared
+ * L3, so the loop waits on memory (measured ~1.2 multiply-adds per cycle on a Zen 1 core, a seventh of its peak).
  * No allocation, no locking, no I/O: the caller owns every buffer (weights, state, workspace).
  * Compiled by instrument/native/build.py; loaded with ctypes by instrument/native/samplernn.py.
  */
@@ -15,14 +19,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__F16C__) && defined(__FMA__)
+#if (defined(__F16C__) || defined(__AVX2__)) && defined(__FMA__)
 #include <immintrin.h>
 #endif
 
 #define SRNN_MAX_TIERS 8
 #define SRNN_MAX_LAYERS 8
 #define SRNN_MAX_HIDDEN 8
-#define SRNN_ABI_VERSION 2
+#define SRNN_ABI_VERSION 3
 
 typedef struct {
     int n_tiers, n_rnn, dim, q, n_hidden, lstm, skip;
@@ -42,6 +46,10 @@ typedef struct {
     const float *dequant;                                                    /* [q]: level -> audio */
     const float *frame_in;                                                   /* [q]: level -> frame-tier input */
     int half; /* 1: w_ih, w_hh, skip_w, up_w, hid_w and out_w point to float16 (uint16) data */
+    int int8; /* 1: they point to int8 data, and each has a per-row float32 scale below */
+    const float *w_ih_s[SRNN_MAX_TIERS][SRNN_MAX_LAYERS], *w_hh_s[SRNN_MAX_TIERS][SRNN_MAX_LAYERS];
+    const float *skip_w_s[SRNN_MAX_TIERS][SRNN_MAX_LAYERS], *up_w_s[SRNN_MAX_TIERS];  /* up: [fs][dim] */
+    const float *hid_w_s[SRNN_MAX_HIDDEN], *out_w_s;
 } srnn_model;
 
 int srnn_abi_version(void) { return SRNN_ABI_VERSION; }
@@ -128,10 +136,65 @@ static void matvec_half(const uint16_t *restrict w, const float *restrict x, con
     }
 }
 
-/* y = W x + b with W in the model's storage type */
-static inline void mv(const srnn_model *m, const float *w, const float *x, const float *b, float *y, int rows,
-                      int cols) {
-    if (m->half) matvec_half((const uint16_t *)(const void *)w, x, b, y, rows, cols);
+/* int8 weights: x is quantised to int16 once per call (14 bits: |x| <= 8191 * step, so 2048-wide rows cannot
+ * overflow the int32 sums), then each 16 weights cost one widen (int8 -> int16), one multiply-add of pairs into
+ * int32 and one add, where the float path needs two widens, two conversions and two FMAs. The 14-bit step
+ * (max|x| / 8191) adds a relative error ~6e-5 of the vector's peak, far below the weights' own int8 step. */
+#define SRNN_X_STEPS 8191.f
+static void matvec_i8(const int8_t *restrict w, const float *restrict scale, const float *restrict x,
+                      const float *restrict b, float *restrict y, int rows, int cols) {
+    int r = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (cols % 16 == 0 && cols <= 8192) {
+        int16_t xq[cols] __attribute__((aligned(32)));
+        __m256 vmax = _mm256_setzero_ps();
+        const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        for (int c = 0; c < cols; c += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + c), absmask));
+        float t8[8], amax = 0.f;
+        _mm256_storeu_ps(t8, vmax);
+        for (int k = 0; k < 8; k++) amax = t8[k] > amax ? t8[k] : amax;
+        const float step = amax > 0.f ? amax / SRNN_X_STEPS : 1.f;
+        const __m256 inv = _mm256_set1_ps(1.f / step);
+        for (int c = 0; c < cols; c += 16) {
+            __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c), inv));
+            __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + c + 8), inv));
+            /* packs works per 128-bit lane (lo0-3 hi0-3 lo4-7 hi4-7): the permute restores the order */
+            _mm256_store_si256((__m256i *)(xq + c), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
+        }
+        for (; r + 4 <= rows; r += 4) {
+            const int8_t *w0 = w + (size_t)r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256(), s2 = _mm256_setzero_si256(),
+                    s3 = _mm256_setzero_si256();
+            for (int c = 0; c < cols; c += 16) {
+                __m256i xv = _mm256_load_si256((const __m256i *)(xq + c));
+                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0 + c))), xv));
+                s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1 + c))), xv));
+                s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w2 + c))), xv));
+                s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w3 + c))), xv));
+            }
+            /* horizontal sums of the four accumulators at once */
+            __m256i h01 = _mm256_hadd_epi32(s0, s1), h23 = _mm256_hadd_epi32(s2, s3);
+            __m256i h = _mm256_hadd_epi32(h01, h23); /* per lane: s0 s1 s2 s3 partials */
+            __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            __m128 f = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(scale + r)), _mm_set1_ps(step));
+            if (b) f = _mm_add_ps(f, _mm_loadu_ps(b + r));
+            _mm_storeu_ps(y + r, f);
+        }
+    }
+#endif
+    for (; r < rows; r++) {
+        const int8_t *wr = w + (size_t)r * cols;
+        float s = 0.f;
+        for (int c = 0; c < cols; c++) s += (float)wr[c] * x[c];
+        y[r] = s * scale[r] + (b ? b[r] : 0.f);
+    }
+}
+
+/* y = W x + b with W in the model's storage type (`scale`: its per-row scales when int8) */
+static inline void mv(const srnn_model *m, const float *w, const float *scale, const float *x, const float *b,
+                      float *y, int rows, int cols) {
+    if (m->int8) matvec_i8((const int8_t *)(const void *)w, scale, x, b, y, rows, cols);
+    else if (m->half) matvec_half((const uint16_t *)(const void *)w, x, b, y, rows, cols);
     else matvec(w, x, b, y, rows, cols);
 }
 
@@ -164,11 +227,11 @@ static void sample_level(run_ctx *r, const float *cond) {
     }
     for (int j = 0; j < d; j++) a[j] = a[j] > 0.f ? a[j] : 0.f;
     for (int l = 0; l < m->n_hidden; l++) {
-        mv(m, m->hid_w[l], a, m->hid_b[l], b, d, d);
+        mv(m, m->hid_w[l], m->hid_w_s[l], a, m->hid_b[l], b, d, d);
         for (int j = 0; j < d; j++) a[j] = b[j] > 0.f ? b[j] : 0.f;
     }
     float *lg = r->logits;
-    mv(m, m->out_w, a, m->out_b, lg, q, d);
+    mv(m, m->out_w, m->out_w_s, a, m->out_b, lg, q, d);
     if (r->logits_out) memcpy(r->logits_out + (size_t)r->t * q, lg, sizeof(float) * q);
     int level;
     if (r->forced) {
@@ -204,8 +267,8 @@ static void run_tier(run_ctx *r, int i, const float *cond) {
     if (m->skip) memcpy(acc, m->skip_b[i], sizeof(float) * d);
     for (int l = 0; l < m->n_rnn; l++) {
         float *h = r->h + ((size_t)i * m->n_rnn + l) * d;
-        mv(m, m->w_ih[i][l], x, m->b_ih[i][l], gi, gates * d, d);
-        mv(m, m->w_hh[i][l], h, m->b_hh[i][l], gh, gates * d, d);
+        mv(m, m->w_ih[i][l], m->w_ih_s[i][l], x, m->b_ih[i][l], gi, gates * d, d);
+        mv(m, m->w_hh[i][l], m->w_hh_s[i][l], h, m->b_hh[i][l], gh, gates * d, d);
         if (m->lstm) {
             float *c = r->c + ((size_t)i * m->n_rnn + l) * d;
             for (int j = 0; j < d; j++) {
@@ -222,17 +285,18 @@ static void run_tier(run_ctx *r, int i, const float *cond) {
             }
         }
         if (m->skip) {
-            mv(m, m->skip_w[i][l], h, NULL, r->y, d, d);
+            mv(m, m->skip_w[i][l], m->skip_w_s[i][l], h, NULL, r->y, d, d);
             for (int j = 0; j < d; j++) acc[j] += r->y[j];
         }
         memcpy(x, h, sizeof(float) * d);
     }
     const float *out = m->skip ? acc : x;
     float *up = r->up[i];
-    const size_t elem = m->half ? sizeof(uint16_t) : sizeof(float);
+    const size_t elem = m->int8 ? sizeof(int8_t) : m->half ? sizeof(uint16_t) : sizeof(float);
     for (int k = 0; k < fs; k++) {
         const float *w = (const float *)(const void *)((const char *)m->up_w[i] + (size_t)k * d * d * elem);
-        mv(m, w, out, m->up_b[i] + (size_t)k * d, up + (size_t)k * d, d, d);
+        const float *sc = m->int8 ? m->up_w_s[i] + (size_t)k * d : NULL;
+        mv(m, w, sc, out, m->up_b[i] + (size_t)k * d, up + (size_t)k * d, d, d);
     }
     for (int k = 0; k < fs; k++) {
         if (i > 0) run_tier(r, i - 1, up + (size_t)k * d);

@@ -28,8 +28,10 @@ from instrument.errors import UserError
 from instrument.meta import ModelMeta
 
 MAX_TIERS, MAX_LAYERS, MAX_HIDDEN = 8, 8, 8
-ABI_VERSION = 2
+ABI_VERSION = 3
 FORMAT_VERSION = 1
+# header[7]: how the streamed matrices are stored (export/native_weights.py)
+STORAGE_FLOAT32, STORAGE_FLOAT16, STORAGE_INT8 = 0, 1, 2
 
 _FP = ctypes.POINTER(ctypes.c_float)
 _IP = ctypes.POINTER(ctypes.c_int)
@@ -49,7 +51,20 @@ class _Model(ctypes.Structure):
         ("hid_w", _FP * MAX_HIDDEN), ("hid_b", _FP * MAX_HIDDEN),
         ("out_w", _FP), ("out_b", _FP), ("dequant", _FP), ("frame_in", _FP),
         ("half", ctypes.c_int),  # 1: the streamed matrices are float16
+        ("int8", ctypes.c_int),  # 1: they are int8 with per-row scales (quantised at load: NativeSampleRNN(int8=True))
+        ("w_ih_s", (_FP * MAX_LAYERS) * MAX_TIERS), ("w_hh_s", (_FP * MAX_LAYERS) * MAX_TIERS),
+        ("skip_w_s", (_FP * MAX_LAYERS) * MAX_TIERS), ("up_w_s", _FP * MAX_TIERS),
+        ("hid_w_s", _FP * MAX_HIDDEN), ("out_w_s", _FP),
     ]
+
+
+def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one float32 scale per row (the last axis): w ≈ q * scale. Returns (q, scale)."""
+    w32 = np.asarray(w, np.float32).reshape(-1, w.shape[-1])
+    peak = np.abs(w32).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w32 / scale[:, None]), -127, 127).astype(np.int8)
+    return q.reshape(w.shape), scale.reshape(w.shape[:-1])
 
 
 _LIB: ctypes.CDLL | None = None
@@ -85,8 +100,11 @@ def _ptr(a: np.ndarray | None, kind=_FP):
 class NativeSampleRNN:
     """A SampleRNN weights file driven by the C loop, with the ONNX graph's initial_state/step semantics."""
 
-    def __init__(self, weights_path: str | Path):
+    def __init__(self, weights_path: str | Path, int8: bool = False):
+        """int8=True quantises float32/float16 matrices to int8 as they are loaded (what a file exported with
+        int8 storage holds already; for trying it on any weights: the model is then not the one torch plays)."""
         path = Path(weights_path)
+        self.int8 = bool(int8)
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -102,7 +120,7 @@ class NativeSampleRNN:
         self._keep: list[np.ndarray] = []  # the struct points into these arrays: keep them alive
         self._m = self._describe(arrays, path)
         self.block_size = int(self._m.n_frame_samples[self._m.n_tiers - 1])
-        self.half = bool(self._m.half)
+        self.half, self.int8 = bool(self._m.half), bool(self._m.int8)
         self.sample_rate = self.meta.sample_rate
         if self.block_size != self.meta.block_size:
             raise UserError(f"{path}: its tiers give {self.block_size}-sample frames, its metadata says "
@@ -132,23 +150,38 @@ class NativeSampleRNN:
         self._keep.append(a)
         return a
 
+    def _matrix(self, arrays, name, shape, path, storage):
+        """A streamed matrix: its pointer and, when int8, its per-row scales' pointer."""
+        if storage == STORAGE_INT8:
+            q = self._array(arrays, name, shape, path, np.int8)
+            return q.ctypes.data_as(_FP), _ptr(self._array(arrays, name + ".scale", shape[:-1], path))
+        a = self._array(arrays, name, shape, path, np.float16 if storage == STORAGE_FLOAT16 else np.float32)
+        if not self.int8:
+            return _ptr(a), None
+        q, scale = quantize_rows(a)
+        self._keep += [q, scale]
+        return q.ctypes.data_as(_FP), _ptr(scale)
+
     def _describe(self, arrays, path) -> _Model:
         try:
             header = [int(v) for v in arrays["header"]]
             n_tiers, n_rnn, dim, q, n_hidden, lstm, skip = header[:7]
-            half = header[7] if len(header) > 7 else 0
+            storage = header[7] if len(header) > 7 else STORAGE_FLOAT32
             frame_sizes = [int(v) for v in arrays["frame_sizes"]]
             nfs = [int(v) for v in arrays["n_frame_samples"]]
         except (KeyError, ValueError):
             raise UserError(f"{path}: the native weights header is missing or malformed.") from None
+        if storage not in (STORAGE_FLOAT32, STORAGE_FLOAT16, STORAGE_INT8):
+            raise UserError(f"{path}: the native weights header names an unknown storage ({storage}).")
         if not (1 <= n_tiers <= MAX_TIERS and 1 <= n_rnn <= MAX_LAYERS and 0 <= n_hidden <= MAX_HIDDEN
                 and 1 <= dim <= 8192 and 2 <= q <= 65536 and len(frame_sizes) == n_tiers == len(nfs)):
             raise UserError(f"{path}: the native weights header describes an unsupported model.")
         if any(n != int(np.prod(frame_sizes[: i + 1])) for i, n in enumerate(nfs)):
             raise UserError(f"{path}: frame sizes and frame lengths disagree.")
         m = _Model(n_tiers=n_tiers, n_rnn=n_rnn, dim=dim, q=q, n_hidden=n_hidden, lstm=lstm, skip=skip,
-                   half=int(bool(half)))
-        wt = np.float16 if half else np.float32  # the streamed matrices' storage
+                   half=int(storage == STORAGE_FLOAT16 and not self.int8),
+                   int8=int(storage == STORAGE_INT8 or self.int8))
+        wt = storage  # the streamed matrices' storage
         gates = 4 if lstm else 3
         for i in range(n_tiers):
             m.frame_size[i], m.n_frame_samples[i] = frame_sizes[i], nfs[i]
@@ -156,21 +189,21 @@ class NativeSampleRNN:
             m.expand_w[i] = _ptr(self._array(arrays, p + "expand_w", (dim, nfs[i]), path))
             m.expand_b[i] = _ptr(self._array(arrays, p + "expand_b", (dim,), path))
             for l in range(n_rnn):
-                m.w_ih[i][l] = _ptr(self._array(arrays, p + f"w_ih{l}", (gates * dim, dim), path, wt))
+                m.w_ih[i][l], m.w_ih_s[i][l] = self._matrix(arrays, p + f"w_ih{l}", (gates * dim, dim), path, wt)
                 m.b_ih[i][l] = _ptr(self._array(arrays, p + f"b_ih{l}", (gates * dim,), path))
-                m.w_hh[i][l] = _ptr(self._array(arrays, p + f"w_hh{l}", (gates * dim, dim), path, wt))
+                m.w_hh[i][l], m.w_hh_s[i][l] = self._matrix(arrays, p + f"w_hh{l}", (gates * dim, dim), path, wt)
                 m.b_hh[i][l] = _ptr(self._array(arrays, p + f"b_hh{l}", (gates * dim,), path))
                 if skip:
-                    m.skip_w[i][l] = _ptr(self._array(arrays, p + f"skip_w{l}", (dim, dim), path, wt))
+                    m.skip_w[i][l], m.skip_w_s[i][l] = self._matrix(arrays, p + f"skip_w{l}", (dim, dim), path, wt)
             if skip:
                 m.skip_b[i] = _ptr(self._array(arrays, p + "skip_b", (dim,), path))
-            m.up_w[i] = _ptr(self._array(arrays, p + "up_w", (frame_sizes[i], dim, dim), path, wt))
+            m.up_w[i], m.up_w_s[i] = self._matrix(arrays, p + "up_w", (frame_sizes[i], dim, dim), path, wt)
             m.up_b[i] = _ptr(self._array(arrays, p + "up_b", (frame_sizes[i], dim), path))
         m.tables = _ptr(self._array(arrays, "mlp.tables", (frame_sizes[0], q, dim), path))
         for l in range(n_hidden):
-            m.hid_w[l] = _ptr(self._array(arrays, f"mlp.hid_w{l}", (dim, dim), path, wt))
+            m.hid_w[l], m.hid_w_s[l] = self._matrix(arrays, f"mlp.hid_w{l}", (dim, dim), path, wt)
             m.hid_b[l] = _ptr(self._array(arrays, f"mlp.hid_b{l}", (dim,), path))
-        m.out_w = _ptr(self._array(arrays, "mlp.out_w", (q, dim), path, wt))
+        m.out_w, m.out_w_s = self._matrix(arrays, "mlp.out_w", (q, dim), path, wt)
         m.out_b = _ptr(self._array(arrays, "mlp.out_b", (q,), path))
         m.dequant = _ptr(self._array(arrays, "dequant", (q,), path))
         m.frame_in = _ptr(self._array(arrays, "frame_in", (q,), path))
