@@ -268,6 +268,19 @@ def test_native_weights_command_reads_a_checkpoint(workdir, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def round_for_storage(m: Model, workdir, storage: str) -> float:
+    """The export refuses `m` with `storage` ("half" or "int8") matrices until the model is rounded for it; round
+    it and return how far that moved the logits of a test signal."""
+    with pytest.raises(UserError, match=f"round_weights_to_{storage}_"):
+        write_native_weights(m, workdir / f"unrounded-{storage}.npz", **{storage: True})
+    with torch.no_grad():
+        x = torch.sin(torch.arange(4 * m.block_size) * 0.05).mul(0.5).reshape(1, 1, -1)
+        before, _, _ = m(x)
+        getattr(m, f"round_weights_to_{storage}_")()
+        after, _, _ = m(x)
+    return float((after - before).abs().max())
+
+
 @pytest.mark.parametrize("name,overrides,calls", [
     ("samplernn-tiny", {}, 90),  # dim 32: the F16C path
     ("samplernn-tiny", dict(dim=36), 30),  # dim 36 (not a multiple of 8): the portable conversion
@@ -275,14 +288,7 @@ def test_native_weights_command_reads_a_checkpoint(workdir, capsys):
 ])
 def test_float16_weights_play_what_the_rounded_torch_model_plays(name, overrides, calls, workdir):
     m = make(name, **overrides)
-    with pytest.raises(UserError, match="round_weights_to_half_"):
-        write_native_weights(m, workdir / "unrounded.npz", half=True)
-    with torch.no_grad():
-        x = torch.sin(torch.arange(4 * m.block_size) * 0.05).mul(0.5).reshape(1, 1, -1)
-        before, _, _ = m(x)
-        m.round_weights_to_half_()
-        after, _, _ = m(x)
-    assert (after - before).abs().max() < 1e-2  # rounding moves the logits a little, not the model
+    assert round_for_storage(m, workdir, "half") < 1e-2  # rounding moves the logits a little, not the model
     net = NativeSampleRNN(write_native_weights(m, workdir / f"half-{len(overrides)}-{m.config.dim}.npz", half=True))
     assert net.half
     flips, samples = compare_sampling(m, net, calls=calls)
@@ -297,14 +303,7 @@ def test_float16_weights_play_what_the_rounded_torch_model_plays(name, overrides
 ])
 def test_int8_weights_play_what_the_rounded_torch_model_plays(name, overrides, calls, workdir):
     m = make(name, **overrides)
-    with pytest.raises(UserError, match="round_weights_to_int8_"):
-        write_native_weights(m, workdir / "unrounded8.npz", int8=True)
-    with torch.no_grad():
-        x = torch.sin(torch.arange(4 * m.block_size) * 0.05).mul(0.5).reshape(1, 1, -1)
-        before, _, _ = m(x)
-        m.round_weights_to_int8_()
-        after, _, _ = m(x)
-    assert (after - before).abs().max() < 0.1  # the int8 grid moves the logits a little (measured 0.03-0.04)
+    assert round_for_storage(m, workdir, "int8") < 0.1  # the int8 grid moves the logits a little (0.03-0.04)
     tag = f"int8-{name}-{len(overrides)}-{m.config.dim}"
     net = NativeSampleRNN(write_native_weights(m, workdir / f"{tag}.npz", int8=True))
     assert net.int8 and not net.half
