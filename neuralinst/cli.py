@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from instrument.errors import UserError
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuralinst: unknown command {name!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     module_name, help_text = COMMANDS[name]
+    if name == "play" and "numpy" not in sys.modules:
+        # numpy's OpenBLAS keeps worker threads that spin after each matrix product (perf: ~1.5 % of a live
+        # SampleRNN session in blas_thread_server), on whichever core is free: the audio's. The live engine's
+        # products are small; one thread does them. (Read when numpy loads, so set before the first import.)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     module = _load(module_name)
     if module is None or not hasattr(module, "run"):
         print(f"neuralinst: the {name!r} command is not built yet.", file=sys.stderr)
