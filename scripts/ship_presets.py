@@ -91,6 +91,16 @@ PRESETS = [
 ]
 
 
+# What the card says about the native loop's weights, by export flag (figures: `neuralinst bench native`).
+NATIVE_STORAGE = {
+    "--native-int8": "\n- **Native loop weights:** int8 with one scale per row (the model rounded to that grid before "
+    "export, so the ONNX graph plays the same model); 2.1× real time on one Zen 1 core where float32 gives 0.9×; cost on "
+    "samplernn-piano +0.0006 bits/sample (`neuralinst bench native --quality-run runs/samplernn-piano "
+    "--quality-data data/piano`).",
+    "--native-half": "\n- **Native loop weights:** float16 (the model rounded to float16 before export).",
+}
+
+
 def sh(*args: str) -> str:
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
@@ -147,6 +157,7 @@ def ship(recipe: PresetRecipe) -> dict:
     figures = json.loads(quality.split("neuralinst-eval:", 1)[1].split("-->", 1)[0]) if "neuralinst-eval:" in quality else {}
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".npz")}
     size_text = ", ".join(f"`{k}` {v / 1e6:.1f} MB" for k, v in sorted(sizes.items()))
+    native_line = "".join(NATIVE_STORAGE[a] for a in recipe.export_args if a in NATIVE_STORAGE)
     verdict = (f"meets the numeric target (≤ 0.3; timbre {figures.get('score_timbre', float('nan')):.2f}, dynamics "
                f"{figures.get('score_dynamics', float('nan')):.2f}). Read it beside the matched-noise row (noise with "
                "the set's own spectrum) and the spectrogram: the score compares log-mel frame statistics (spectral "
@@ -165,7 +176,7 @@ def ship(recipe: PresetRecipe) -> dict:
   {meta['sample_rate']} Hz, {meta['channels']} channel(s), {meta['block_size']} samples per call. Files: {size_text}.
 - **Data:** `{recipe.data}` (built by `{recipe.build}`; {recipe.prepare}). Sources and licences:
   `training/datasets/LICENSES.md`. Quality measured against `{recipe.eval_data}` (test split).
-- **Mode:** {recipe.mode}{f', root note {recipe.root_note}' if recipe.mode == 'oneshot' else ''}.
+- **Mode:** {recipe.mode}{f', root note {recipe.root_note}' if recipe.mode == 'oneshot' else ''}.{native_line}
 
 ## Training recipe (exact)
 
