@@ -510,12 +510,10 @@ def ui_main(conn, options: dict) -> None:
         pass
     from instrument import tui
 
-    performance_holder: list[RemotePerformance] = []
-    link = Link(conn, on_snapshot=lambda s: performance_holder and performance_holder[0].update(s))
-    link.start()
+    link = Link(conn)
     performance = RemotePerformance(link)
-    performance_holder.append(performance)
-    performance.update(link.latest)
+    link.on_snapshot = performance.update  # every snapshot, the first included (it alone carries the parameters)
+    link.start()
     midi = RemoteMidi(link) if link.latest.midi is not None else None
     app = tui.InstrumentApp(RemoteEngine(link), performance, midi, record_dir=options.get("record_dir") or ".",
                             output_name=options.get("output_name") or "")
