@@ -104,7 +104,7 @@ class NativeSampleRNN:
         """int8=True quantises float32/float16 matrices to int8 as they are loaded (what a file exported with
         int8 storage holds already; for trying it on any weights: the model is then not the one torch plays)."""
         path = Path(weights_path)
-        self.int8 = bool(int8)
+        self._quantise = bool(int8)  # float matrices to int8 as they are loaded
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -156,7 +156,7 @@ class NativeSampleRNN:
             q = self._array(arrays, name, shape, path, np.int8)
             return q.ctypes.data_as(_FP), _ptr(self._array(arrays, name + ".scale", shape[:-1], path))
         a = self._array(arrays, name, shape, path, np.float16 if storage == STORAGE_FLOAT16 else np.float32)
-        if not self.int8:
+        if not self._quantise:
             return _ptr(a), None
         q, scale = quantize_rows(a)
         self._keep += [q, scale]
@@ -179,8 +179,8 @@ class NativeSampleRNN:
         if any(n != int(np.prod(frame_sizes[: i + 1])) for i, n in enumerate(nfs)):
             raise UserError(f"{path}: frame sizes and frame lengths disagree.")
         m = _Model(n_tiers=n_tiers, n_rnn=n_rnn, dim=dim, q=q, n_hidden=n_hidden, lstm=lstm, skip=skip,
-                   half=int(storage == STORAGE_FLOAT16 and not self.int8),
-                   int8=int(storage == STORAGE_INT8 or self.int8))
+                   half=int(storage == STORAGE_FLOAT16 and not self._quantise),
+                   int8=int(storage == STORAGE_INT8 or self._quantise))
         wt = storage  # the streamed matrices' storage
         gates = 4 if lstm else 3
         for i in range(n_tiers):
