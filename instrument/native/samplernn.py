@@ -58,6 +58,27 @@ class _Model(ctypes.Structure):
     ]
 
 
+ALIGN = 64  # bytes: a cache line, and more than any vector load needs
+
+
+def aligned_zeros(shape, dtype=np.float32) -> np.ndarray:
+    """Zeros whose data starts on an ALIGN-byte boundary. Every array the C loop reads or writes is allocated so:
+    with -O3 -ffast-math the compiler may peel a loop's first iterations up to an aligned address, and how many it
+    peels changes the order of a dot product's sum, so the same model loaded twice could round (and so sample)
+    differently. Aligned buffers make a load's results depend on the model and noise only."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(n * dtype.itemsize + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    out = aligned_zeros(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 with one float32 scale per row (the last axis): w ≈ q * scale. Returns (q, scale)."""
     w32 = np.asarray(w, np.float32).reshape(-1, w.shape[-1])
@@ -130,12 +151,12 @@ class NativeSampleRNN:
         # two sets of state buffers: the hot path's own stream, and scratch for the dict-in/dict-out `step`
         self._streams = []
         for _ in range(2):
-            h = np.zeros(n_state, np.float32)
-            c = np.zeros(n_state, np.float32) if m.lstm else None
-            samples = np.zeros(self.block_size, np.float32)
+            h = aligned_zeros(n_state)
+            c = aligned_zeros(n_state) if m.lstm else None
+            samples = aligned_zeros(self.block_size)
             self._streams.append((h, c, samples, (ctypes.byref(m), _ptr(h), _ptr(c), _ptr(samples))))
-        self._levels = np.zeros(self.block_size, np.int32)
-        self._work = np.zeros(self._lib.srnn_workspace_floats(ctypes.byref(m)), np.float32)
+        self._levels = aligned_zeros(self.block_size, np.int32)
+        self._work = aligned_zeros(self._lib.srnn_workspace_floats(ctypes.byref(m)))
         self.reset()
 
     # --- loading --------------------------------------------------------------------------------------------
@@ -144,7 +165,7 @@ class NativeSampleRNN:
             raise UserError(f"{path}: the native weights lack {name!r}.")
         if arrays[name].dtype != dtype:
             raise UserError(f"{path}: {name!r} is {arrays[name].dtype}, expected {np.dtype(dtype).name}.")
-        a = np.ascontiguousarray(arrays[name])
+        a = aligned_copy(arrays[name])
         if list(a.shape) != list(shape):
             raise UserError(f"{path}: {name!r} has shape {list(a.shape)}, expected {list(shape)}.")
         self._keep.append(a)
@@ -158,7 +179,7 @@ class NativeSampleRNN:
         a = self._array(arrays, name, shape, path, np.float16 if storage == STORAGE_FLOAT16 else np.float32)
         if not self._quantise:
             return _ptr(a), None
-        q, scale = quantize_rows(a)
+        q, scale = (aligned_copy(x) for x in quantize_rows(a))
         self._keep += [q, scale]
         return q.ctypes.data_as(_FP), _ptr(scale)
 
