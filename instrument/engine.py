@@ -162,6 +162,7 @@ class Engine:
         self.clock = time.monotonic
         self._recorder: Recorder | None = None
         self._stream = None
+        self.host_api = ""  # PortAudio's host API of the output ("JACK Audio Connection Kit", ...), set by start
         self._worker_thread: threading.Thread | None = None
         self._values: dict[str, float] = {}
         self.stats_reset()
@@ -187,10 +188,13 @@ class Engine:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         device = resolve_output(c.output)
         sd = None
+        self.host_api = ""
         if device is not None:
             import sounddevice as sd  # late: PortAudio must initialise after the audio server is up
 
-            rate = c.samplerate or int(sd.query_devices(device)["default_samplerate"])
+            info = sd.query_devices(device)
+            rate = c.samplerate or int(info["default_samplerate"])
+            self.host_api = str(sd.query_hostapis(info["hostapi"])["name"])
         else:
             rate = c.samplerate or NULL_SAMPLERATE
         self.samplerate = int(rate)
@@ -258,6 +262,11 @@ class Engine:
         self._t_start = time.monotonic()
         self._stream.start()
         return self
+
+    def runs_on_jack_period(self, period: int) -> bool:
+        """Whether the audio callback is a JACK client's, called once per JACK cycle of `period` frames: then a
+        JACK MIDI input's cycle clock can be the engine's (`engine.clock = midi.cycle_time`)."""
+        return "JACK" in getattr(self, "host_api", "") and period == self.config.block
 
     def stop(self) -> EngineStats:
         stream, self._stream = self._stream, None  # never stop twice, even if stopping fails

@@ -21,11 +21,13 @@ and a lock-free post), never block.
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from instrument.errors import UserError
-from instrument.midi import MidiMessage, MidiParser
+from instrument.midi import MidiMessage, MidiParser, ParserStats, PortState, watch_ports
 
 FRAME_WRAP = 1 << 32  # jack_nframes_t is 32 bits: about 24.8 hours at 48 kHz
 SLEW_PER_SECOND = 20e-6  # at most this much clock correction per second (under one sample at 48 kHz)
@@ -114,15 +116,48 @@ class CycleCounter:
         return self.frame
 
 
-class JackMidiInput:
-    """The instrument's JACK MIDI input port `<name>:midi_in`. `handler(msg)` gets every channel message."""
+def jack_server_running() -> bool:
+    """Whether a JACK server answers (JACK-Client: libjack is called without the GIL, so probing never stalls an
+    audio callback running in this process). Never starts a server."""
+    try:
+        import jack
+    except ImportError:
+        return False
+    try:
+        client = jack.Client("neuralinst-probe", no_start_server=True)
+    except Exception:  # jack.JackOpenError: no server
+        return False
+    client.close()
+    return True
 
-    def __init__(self, handler: Callable[[MidiMessage], None], name: str = "neuralinst-midi"):
+
+class JackMidiInput:
+    """The instrument's JACK MIDI input port `<name>:midi_in`, and the sources it connects to it.
+
+    `handler(msg)` gets every channel message, on JACK's process thread, timed to the frame. A watcher thread
+    connects every MIDI source (or only those whose name contains `select`), marks a source that vanished
+    mid-performance lost and reconnects it when it comes back; any client can also be patched in by hand.
+
+    Why JACK-Client rather than python-rtmidi's JACK backend beside a running engine: python-rtmidi keeps the GIL
+    while libjack opens or closes a client (10-25 ms per call, measured), and the server finishes a client's open
+    or close only at the end of the cycle in progress -- which cannot end while the engine's audio callback, in
+    Python, waits for that GIL. Then the server gives up after its client timeout, the open fails ("JACK server
+    not running?") and the audio misses the cycle (seen every time with the engine and the opener on one core).
+    JACK-Client (cffi) lets go of the GIL in every libjack call, so opening, connecting and closing ports never
+    hold up the audio callback.
+    """
+
+    def __init__(self, handler: Callable[[MidiMessage], None], name: str = "neuralinst-midi",
+                 select: str | None = None, poll_interval: float = 0.5, recent: int = 24):
         self.handler = handler
         self.name = name
-        self.parser = MidiParser()
+        self.select = select
+        self.poll_interval = poll_interval
+        self.parser = MidiParser()  # one stream: JACK MIDI events are whole messages, whichever source sent them
         self.errors = 0  # exceptions raised by the handler (counted; MIDI keeps flowing)
         self.events = 0  # raw JACK MIDI events read
+        self.recent: deque[tuple[float, str, str]] = deque(maxlen=recent)  # (time, source, text) for the UI
+        self.ports: dict[str, PortState] = {}  # the sources the watcher connected, by full port name
         self.client = None
         self.port = None
         self.clock: FrameClock | None = None
@@ -131,6 +166,9 @@ class JackMidiInput:
         # notes clamped to offset 0 under load 8) where reading directly makes ~2 % one period late.
         self._audio_cycle = CycleCounter()
         self._period = 0
+        self._source = "midi_in"  # the label of incoming messages: the one connected source, when there is one
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> "JackMidiInput":
         try:
@@ -146,11 +184,71 @@ class JackMidiInput:
         self.port = self.client.midi_inports.register("midi_in")
         self.client.set_process_callback(self._process)
         self.client.activate()
+        available = self.available_ports()
+        if self.select is not None and not any(self.wanted(p) for p in available):
+            listing = ", ".join(repr(p) for p in available) if available else "none are connected"
+            self.close()
+            raise UserError(f"no MIDI input matches {self.select!r} (available: {listing}).")
+        self.poll()
+        self._stop.clear()
+        self._thread = threading.Thread(target=watch_ports, args=(self,), name="midi-ports", daemon=True)
+        self._thread.start()
         return self
 
     @property
     def port_name(self) -> str:
         return self.port.name if self.port is not None else f"{self.name}:midi_in"
+
+    virtual_port = port_name  # the name MidiInput (rtmidi) gives its own input port
+
+    @property
+    def period(self) -> int:
+        """The JACK server's period in frames (0 before start)."""
+        return self._period
+
+    # --- sources ------------------------------------------------------------------------------------------------
+    def available_ports(self) -> list[str]:
+        """MIDI sources in the JACK graph other than our own ports."""
+        if self.client is None:
+            return []
+        try:
+            own = f"{self.client.name}:"
+            return [p.name for p in self.client.get_ports(is_midi=True, is_output=True)
+                    if not p.name.startswith(own)]
+        except Exception:
+            return []
+
+    def wanted(self, port: str) -> bool:
+        return self.select is None or self.select.lower() in port.lower()
+
+    def poll(self) -> None:
+        """Connect sources that appeared, mark lost the ones that vanished (the watcher calls this)."""
+        if self.client is None:
+            return
+        present = set(self.available_ports())
+        try:
+            linked = {p.name for p in self.client.get_all_connections(self.port)}
+        except Exception:
+            linked = set()
+        now = time.monotonic()
+        for name, state in self.ports.items():
+            if state.connected and name not in present:
+                state.connected, state.lost, state.since = False, state.lost + 1, now
+                self.recent.append((now, name, "port lost"))
+        for name in sorted(present):
+            if not self.wanted(name) or name in linked:
+                continue
+            try:
+                self.client.connect(name, self.port)
+            except Exception:  # it vanished between listing and connecting; the next poll tries again
+                continue
+            linked.add(name)
+            state = self.ports.setdefault(name, PortState(name))
+            state.connected, state.since = True, now
+            self.recent.append((now, name, "port connected"))
+        for name in linked & set(self.ports):  # connected again by hand, or never dropped
+            self.ports[name].connected = True
+        self._source = next(iter(linked)) if len(linked) == 1 else "midi_in"
 
     def connect(self, pattern: str) -> list[str]:
         """Connect every JACK MIDI output whose full name matches the regular expression `pattern`."""
@@ -164,6 +262,16 @@ class JackMidiInput:
                 except Exception:  # already connected, or it vanished meanwhile
                     pass
         return done
+
+    def status(self) -> list[tuple[str, str]]:
+        """(port, state) for the UI, our own input port first."""
+        rows = [(self.port_name, "listening")] if self.port is not None else []
+        rows += [(p.name, "connected" if p.connected else "lost — waiting for it") for p in self.ports.values()]
+        return rows
+
+    @property
+    def stats(self) -> ParserStats:
+        return self.parser.stats
 
     def cycle_time(self) -> float:
         """The engine's clock (`engine.clock = midi.cycle_time`): start of the current JACK cycle, in seconds.
@@ -183,14 +291,21 @@ class JackMidiInput:
             self.events += 1
             t = clock.seconds(cycle + offset)
             for msg in self.parser.feed(bytes(data), t):
-                if msg.channel < 0:
-                    continue  # real-time / system common / sysex: nothing to play
+                if msg.channel < 0 and msg.kind != "sysex":
+                    continue  # real-time / system common: nothing to play
+                self.recent.append((t, self._source, msg.describe()))
+                if msg.kind == "sysex":
+                    continue
                 try:
                     self.handler(msg)
                 except Exception:
                     self.errors += 1
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
         if self.client is not None:
             try:
                 self.client.deactivate()
@@ -199,7 +314,7 @@ class JackMidiInput:
             self.client = None
 
     def __enter__(self):
-        return self.start()
+        return self if self.client is not None else self.start()  # open_midi() hands it over started
 
     def __exit__(self, *exc):
         self.close()

@@ -12,7 +12,8 @@ it) and is re-opened when it comes back. Everything runs on rtmidi's and the wat
 Mapper) posts lock-free events to the engine, so MIDI never waits on audio or the other way round.
 
 API: JACK where a JACK server runs (this machine, and Linux studios), else the platform's own (ALSA, CoreMIDI,
-Windows MM); override with `api=` ("jack", "alsa", "coremidi", "winmm").
+Windows MM); override with `api=` ("jack", "alsa", "coremidi", "winmm"). `open_midi()` is what `play` uses: on
+JACK it returns the JACK-Client input of instrument/jack_midi.py instead of this class (why: its docstring).
 """
 from __future__ import annotations
 
@@ -195,12 +196,42 @@ def choose_api(name: str | None = None) -> int:
     raise UserError("no MIDI system is available (python-rtmidi was built without JACK, ALSA, CoreMIDI or WinMM).")
 
 
+def watch_ports(midi) -> None:
+    """The watcher thread of MidiInput and JackMidiInput: `midi.poll()` every `poll_interval` until `_stop` is set;
+    a failed poll is counted in `errors`, never fatal (the next one tries again)."""
+    while not midi._stop.wait(midi.poll_interval):
+        try:
+            midi.poll()
+        except Exception:
+            midi.errors += 1
+
+
+def open_midi(handler: Callable[["MidiMessage"], None], name: str = "neuralinst", select: str | None = None,
+              api: str | None = None, poll_interval: float = 0.5):
+    """The instrument's MIDI input, started. Where a JACK server answers (and `api` is None or "jack"): a JACK
+    MIDI port through JACK-Client (instrument/jack_midi.py: frame-accurate times, and libjack is never called
+    with the GIL held, which python-rtmidi does and which stalls a running engine's audio callback). Otherwise
+    python-rtmidi on the platform's API (ALSA, CoreMIDI, Windows MM). Both have the same face for the UI:
+    `status()`, `recent`, `stats`, `ports`, `errors`, `close()`."""
+    from instrument.jack_midi import JackMidiInput, jack_server_running
+
+    if api is not None and api.lower() == "jack" or api is None and jack_server_running():
+        return JackMidiInput(handler, name=name, select=select, poll_interval=poll_interval).start()
+    return MidiInput(handler, name=name, select=select, api=api, poll_interval=poll_interval).start()
+
+
 def _jack_running() -> bool:
     import os
 
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # probing must never launch a JACK server
+    try:
+        from instrument.jack_midi import jack_server_running
+    except ImportError:  # pragma: no cover - JACK-Client is a dependency
+        pass
+    else:
+        return jack_server_running()
     import rtmidi
 
-    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # probing must never launch a JACK server
     try:
         probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="neuralinst-probe")
     except Exception:  # rtmidi raises SystemError / rtmidi.SystemError when no server answers
@@ -263,7 +294,7 @@ class MidiInput:
             self.close()
             raise UserError(f"no MIDI input matches {self.select!r} (available: {listing}).")
         self.poll()
-        self._thread = threading.Thread(target=self._watch, name="midi-ports", daemon=True)
+        self._thread = threading.Thread(target=watch_ports, args=(self,), name="midi-ports", daemon=True)
         self._thread.start()
         return self
 
@@ -281,7 +312,7 @@ class MidiInput:
         self._virtual = self._lister = None
 
     def __enter__(self):
-        return self.start()
+        return self if self._virtual is not None else self.start()  # open_midi() hands it over started
 
     def __exit__(self, *exc):
         self.close()
@@ -369,13 +400,6 @@ class MidiInput:
             return found[-1] if found else f"{self.name}:midi_in"
         except Exception:
             return f"{self.name}:midi_in"
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_interval):
-            try:
-                self.poll()
-            except Exception:
-                self.errors += 1
 
     # --- messages -----------------------------------------------------------------------------------------------
     def _callback(self, event, data) -> None:

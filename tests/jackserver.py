@@ -66,6 +66,14 @@ class JackServer:
             refresh_portaudio()
         return self
 
+    def died(self) -> str | None:
+        """None while the server runs (or was never started); else its exit status and the end of its log."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        self.log.flush()
+        tail = Path(self.log.name).read_text(errors="replace")[-3000:]
+        return f"jackd {self.name} exited with status {self.proc.returncode}; its log ends:\n{tail}"
+
     def stop(self) -> None:
         if self.portaudio:
             terminate_portaudio()

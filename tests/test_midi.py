@@ -6,7 +6,8 @@ import pytest
 
 from instrument.errors import UserError
 from instrument.mapping import CCBinding, Mapper, Mapping, ParameterBank
-from instrument.midi import FLOOD_LIMIT, MidiInput, MidiMessage, MidiParser
+from instrument.jack_midi import JackMidiInput
+from instrument.midi import FLOOD_LIMIT, MidiInput, MidiMessage, MidiParser, open_midi
 from instrument.params import ParamSpec
 from jackserver import wait_for
 
@@ -189,10 +190,20 @@ def send(out, *messages):
         time.sleep(0.01)
 
 
-def test_real_port_auto_connects_survives_vanishing_and_reconnects(jack_server, sender):
+# Both inputs have the same face: JackMidiInput (JACK-Client, what `play` opens on JACK) and MidiInput (python-rtmidi,
+# what it opens on ALSA, CoreMIDI or Windows MM; here through rtmidi's JACK API, with no engine running).
+INPUTS = {"jack-client": JackMidiInput, "rtmidi": MidiInput}
+
+
+@pytest.fixture(params=sorted(INPUTS))
+def midi_input(request):
+    return INPUTS[request.param]
+
+
+def test_real_port_auto_connects_survives_vanishing_and_reconnects(jack_server, sender, midi_input):
     mapper, bank, posted = make()
     out = sender("keys")
-    with MidiInput(mapper.handle, name="ni-test", poll_interval=0.1) as midi:
+    with midi_input(mapper.handle, name="ni-test", poll_interval=0.1) as midi:
         assert wait_for(lambda: ("keys:out", "connected") in midi.status())
         time.sleep(0.05)  # a connection carries data from the next JACK cycle on
         send(out, [0xB0, 21, 0], [0xB0, 21, 127])  # passes 1.0 on the way: soft takeover lets it through
@@ -207,12 +218,12 @@ def test_real_port_auto_connects_survives_vanishing_and_reconnects(jack_server, 
         assert midi.ports["keys:out"].lost == 1 and midi.errors == 0
 
 
-def test_real_virtual_port_takes_a_jack_connection_and_a_random_byte_flood(jack_server, sender):
+def test_real_virtual_port_takes_a_jack_connection_and_a_random_byte_flood(jack_server, sender, midi_input):
     import jack
 
     mapper, bank, posted = make()
     flooder, patched = sender("flooder"), sender("patchbay")
-    with MidiInput(mapper.handle, name="ni-flood", select="flooder", poll_interval=0.1) as midi:
+    with midi_input(mapper.handle, name="ni-flood", select="flooder", poll_interval=0.1) as midi:
         assert wait_for(lambda: ("flooder:out", "connected") in midi.status())
         time.sleep(0.05)
         assert "patchbay:out" not in midi.ports  # --midi selects: only matching sources are auto-connected
@@ -236,10 +247,10 @@ def test_real_virtual_port_takes_a_jack_connection_and_a_random_byte_flood(jack_
         assert stats.malformed > 100 and stats.messages > 100 and midi.errors == 0, stats
 
 
-def test_unknown_midi_port_is_one_sentence_listing_the_ports(jack_server, sender):
+def test_unknown_midi_port_is_one_sentence_listing_the_ports(jack_server, sender, midi_input):
     sender("korg")
     with pytest.raises(UserError, match=r"no MIDI input matches 'launchpad' \(available: .*'korg:out'"):
-        MidiInput(lambda m: None, name="ni-sel", select="launchpad").start()
+        midi_input(lambda m: None, name="ni-sel", select="launchpad").start()
 
 
 # --- real ports into the real engine (JACK audio captured) --------------------------------------------------------
@@ -282,7 +293,8 @@ def test_midi_plays_the_engine_cc_notes_learn_and_program_change(jack_server, se
     with cap:
         try:
             cap.connect()
-            with MidiInput(perf.mapper.handle, name="ni-engine", poll_interval=0.1) as midi:
+            with open_midi(perf.mapper.handle, name="ni-engine", poll_interval=0.1) as midi:  # as `play` opens it
+                assert isinstance(midi, JackMidiInput)
                 assert wait_for(lambda: ("controller:out", "connected") in midi.status())
                 time.sleep(0.05)
                 # CC 21 (default bank) → the engine's temperature, after soft takeover passes 1.0
@@ -320,3 +332,47 @@ def test_midi_plays_the_engine_cc_notes_learn_and_program_change(jack_server, se
     # machine's scheduler), which the engine counts apart.
     own = (during.underruns - before.underruns) - (during.server_underruns - before.server_underruns)
     assert own == 0, (before, during)
+
+
+PINNED_CHILD = r"""
+import sys, time
+from instrument.engine import Engine, EngineConfig
+from instrument.midi import MidiInput, open_midi
+from instrument.presets import load_preset
+
+which, n = sys.argv[1], int(sys.argv[2])
+engine = Engine(EngineConfig(output="jack", block=128, ring_blocks=8)).start(load_preset("vrnn"))
+opened, slowest = 0, 0.0
+try:
+    time.sleep(0.5)
+    for i in range(n):
+        t = time.monotonic()
+        midi = (open_midi(lambda m: None, name="ni-pinned") if which == "play"
+                else MidiInput(lambda m: None, name="ni-pinned", api="jack").start())
+        midi.close()
+        slowest = max(slowest, time.monotonic() - t)
+        opened += 1
+finally:
+    engine.stop()
+print(f"opened {opened} of {n}, slowest open+close {slowest:.3f} s")
+"""
+
+
+def test_opening_midi_beside_a_playing_engine_on_one_core_never_fails(jack_server, engine_presets, tmp_path):
+    """The engine's audio callback is Python: a thread that calls libjack while holding the GIL (python-rtmidi
+    does, for 10-25 ms per client open or close) keeps the JACK cycle from finishing, and the server finishes a
+    client's open only at the end of the cycle. On one core that made every rtmidi open beside a playing engine
+    fail ("JACK server not running?") after the server's client timeout. `open_midi` (what `play` calls) must
+    open and close cleanly there, every time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, NEURALINST_SHIPPED_PRESETS=str(engine_presets), XDG_CONFIG_HOME=str(tmp_path),
+               PYTHONPATH=str(root))
+    one_core = min(os.sched_getaffinity(0))
+    done = subprocess.run([sys.executable, "-c", PINNED_CHILD, "play", "5"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120, preexec_fn=lambda: os.sched_setaffinity(0, {one_core}))
+    assert done.returncode == 0 and "opened 5 of 5" in done.stdout, done.stdout[-1000:] + done.stderr[-3000:]
