@@ -55,6 +55,18 @@ REF_LENGTH = 1024
 
 
 # --- the JACK server ------------------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Runs in jackd before exec: the private server gets SIGTERM when the benchmark dies, even by SIGKILL (a
+    benchmark killed on a timeout otherwise left its server running for good)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux only)
+    except (OSError, AttributeError):
+        pass
+
+
 class JackSession:
     """A private JACK server (dummy driver, no realtime), or a running one named by `server`. The JACK environment
     variables are set before any client library loads libjack (PortAudio re-initialises if it already had)."""
@@ -78,7 +90,8 @@ class JackSession:
             rt = ["--realtime", "-P", "70"] if self.realtime else ["--no-realtime"]
             self.proc = subprocess.Popen(
                 [jackd, *rt, "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p",
-                 str(self.period)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 str(self.period)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent)
             ok = subprocess.run(["jack_wait", "-w", "-t", "10", "-s", self.name], capture_output=True, text=True)
             if ok.returncode != 0 or self.proc.poll() is not None:
                 self.__exit__()

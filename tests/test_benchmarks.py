@@ -129,14 +129,25 @@ def _bench(name, argv, timeout=120):
     import sys
     from pathlib import Path
 
+    import os
+    import signal
+
     root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")  # a SIGABRT makes the child print every thread's stack
+    child = subprocess.Popen([sys.executable, "-m", "neuralinst", "bench", name, *argv], cwd=root, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        done = subprocess.run([sys.executable, "-m", "neuralinst", "bench", name, *argv], cwd=root,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"bench {name} did not finish in {timeout} s: {(e.stdout or '')[-2000:]}")
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert "wrote " in done.stdout
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGABRT)  # where it hangs, for the report
+        try:
+            out, err = child.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+        pytest.fail(f"bench {name} did not finish in {timeout} s: {out[-2000:]}\n{err[-6000:]}")
+    assert child.returncode == 0, out[-2000:] + err[-4000:]
+    assert "wrote " in out
 
 
 def test_cycle_counter_ignores_a_late_reading_and_follows_a_real_skip():
