@@ -295,6 +295,8 @@ def test_midi_plays_the_engine_cc_notes_learn_and_program_change(jack_server, se
             cap.connect()
             with open_midi(perf.mapper.handle, name="ni-engine", poll_interval=0.1) as midi:  # as `play` opens it
                 assert isinstance(midi, JackMidiInput)
+                assert engine.runs_on_jack_period(midi.period)  # so `play` schedules its notes on JACK frames
+                engine.clock = midi.cycle_time
                 assert wait_for(lambda: ("controller:out", "connected") in midi.status())
                 time.sleep(0.05)
                 # CC 21 (default bank) → the engine's temperature, after soft takeover passes 1.0
