@@ -87,7 +87,7 @@ PRESETS = [
         ["chunk_seconds=0.256", "batch_size=8", "sample_seconds=0.5"], "stream",
         "SampleRNN on 30 minutes of generated metal/rock/punk (distorted guitars, bass, Power kit): the genre "
         "where the Dadabots found SampleRNN strongest.",
-        defaults={"temperature": 1.0, "volume": 0.7}, effects={}, export_args=["--native-half"]),
+        defaults={"temperature": 1.0, "volume": 0.7}, effects={}, export_args=["--native-int8"]),
 ]
 
 

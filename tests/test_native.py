@@ -348,3 +348,41 @@ def test_native_benchmark_times_int8_and_measures_what_each_storage_costs(workdi
     cost = figures["storage_cost"]
     assert 0 < cost["float32_bits_per_sample"] < 12 and abs(cost["int8_cost_bits"]) < 0.1  # (random weights)
     assert "int8" in done.stdout and "cost vs float32" in done.stdout
+
+
+def test_a_checkpoint_recovered_from_a_shipped_graph_plays_the_same_model(workdir):
+    """export.recover: a SampleRNN graph (weight norm folded, embedding x input conv folded into tables, h0 in the
+    metadata) back to a checkpoint whose export streams the same audio, so a preset whose run is gone can still
+    be re-exported with other native weights (samplernn-loud: float16 -> int8)."""
+    from export.onnx_export import export_model
+    from export.recover import recover_samplernn, save_recovered
+    from instrument.model import load_model
+    from training.checkpoint import load_model as load_checkpoint
+
+    # Two tiers like the shipped -live config; a q x q embedding, so the tables split back exactly.
+    m = make("samplernn-tiny", embedding_size=256, frame_sizes=(8, 2))
+    with torch.no_grad():  # trained-like: no two parameters equal (the exporter shares equal constants, e.g. 0 biases)
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    m.round_weights_to_half_()  # as `export --native-half` shipped it: weight norm folded, every weight named
+    shipped = exported(m, workdir, "to-recover")
+    model, info = recover_samplernn(shipped)
+    save_recovered(model, info, workdir / "recovered-run")
+    again, ckpt = load_checkpoint(workdir / "recovered-run")
+    assert ckpt["recovered_from"] == str(shipped) and again.config == m.config
+    export_model(again, workdir / "recovered.onnx")
+    audio = []
+    for path in (shipped, workdir / "recovered.onnx"):
+        rt = load_model(path, device="cpu", threads=1, batch=1)
+        rt.reset(3)
+        audio.append(np.asarray(rt.generate(4000)))
+    assert np.array_equal(audio[0], audio[1])
+    again._fold_weight_norm_()  # and the weights themselves (what the int8 export rounds), name by name
+    got = again.state_dict()
+    for name, a in m.state_dict().items():
+        if not name.startswith(("mlp.embedding", "mlp.input")):  # those two are recovered as their product
+            assert torch.allclose(a, got[name], rtol=1e-6, atol=1e-7), name
+    unfit = make("samplernn-tiny", frame_sizes=(8, 2))
+    unfit.round_weights_to_half_()
+    with pytest.raises(UserError, match="not square"):
+        recover_samplernn(exported(unfit, workdir, "tiny-default-embedding"))
