@@ -266,7 +266,7 @@ class JackMidiInput:
     def status(self) -> list[tuple[str, str]]:
         """(port, state) for the UI, our own input port first."""
         rows = [(self.port_name, "listening")] if self.port is not None else []
-        rows += [(p.name, "connected" if p.connected else "lost — waiting for it") for p in self.ports.values()]
+        rows += [(p.name, "connected" if p.connected else "lost — waiting for it") for p in list(self.ports.values())]
         return rows
 
     @property

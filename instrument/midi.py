@@ -427,5 +427,5 @@ class MidiInput:
     def status(self) -> list[tuple[str, str]]:
         """(port, "connected" | "lost") for the UI, our own virtual port first."""
         rows = [(self.virtual_port or "virtual", "listening")] if self._virtual is not None else []
-        rows += [(p.name, "connected" if p.connected else "lost — waiting for it") for p in self.ports.values()]
+        rows += [(p.name, "connected" if p.connected else "lost — waiting for it") for p in list(self.ports.values())]
         return rows
