@@ -67,7 +67,8 @@ def recover_samplernn(path: str | Path):
         if len(tables) != 1:
             raise UserError(f"{path}: expected one [{fs * q}, {d}] table initializer, found {len(tables)}.")
         mlp.embedding.weight.copy_(torch.eye(q))
-        mlp.input.weight.copy_(torch.from_numpy(np.array(tables[0]).reshape(fs, q, d)).permute(2, 1, 0))  # [dim, emb, fs]
+        table = torch.from_numpy(np.array(tables[0]).reshape(fs, q, d))
+        mlp.input.weight.copy_(table.permute(2, 1, 0))  # [dim, emb, fs]
         used |= {"mlp.embedding.weight", "mlp.input.weight"}
         # Upsampling biases [dim, frame], stored transposed; and the learned initial states.
         initial = (meta.extra or {}).get("initial_state", {})
