@@ -378,3 +378,18 @@ def test_opening_midi_beside_a_playing_engine_on_one_core_never_fails(jack_serve
     done = subprocess.run([sys.executable, "-c", PINNED_CHILD, "play", "5"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=120, preexec_fn=lambda: os.sched_setaffinity(0, {one_core}))
     assert done.returncode == 0 and "opened 5 of 5" in done.stdout, done.stdout[-1000:] + done.stderr[-3000:]
+
+
+def test_without_a_jack_server_play_takes_midi_from_the_platform_api(jack_server, monkeypatch):
+    from instrument.jack_midi import jack_server_running
+
+    assert jack_server_running()  # the suite's server
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", f"nobody-runs-this-{id(monkeypatch)}")
+    assert not jack_server_running()  # and the probe never starts one (JACK_NO_START_SERVER)
+    try:
+        midi = open_midi(lambda m: None, name="ni-native")
+    except UserError as e:  # no ALSA on these machines: one sentence naming the API it tried
+        assert "ALSA" in str(e) or "no MIDI system" in str(e)
+    else:  # a machine with ALSA (or CoreMIDI / WinMM) opens it through python-rtmidi
+        assert isinstance(midi, MidiInput)
+        midi.close()
