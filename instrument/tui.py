@@ -495,11 +495,12 @@ def run(engine, preset, args) -> int:
     midi = None
     select = getattr(args, "midi", None)
     try:
+        from instrument.jack_midi import JackMidiInput
         from instrument.midi import open_midi
 
         midi = open_midi(performance.mapper.handle, name=getattr(args, "midi_name", None) or "neuralinst",
                          select=select, api=getattr(args, "midi_api", None))
-        if hasattr(midi, "cycle_time") and engine.runs_on_jack_period(getattr(midi, "period", 0)):
+        if isinstance(midi, JackMidiInput) and engine.runs_on_jack_period(midi.period):
             engine.clock = midi.cycle_time  # JACK MIDI events land on their frame, one block later
     except UserError:
         if select is not None:  # the performer asked for a port: say it is not there
