@@ -156,7 +156,7 @@ class JackMidiInput:
         self.parser = MidiParser()  # one stream: JACK MIDI events are whole messages, whichever source sent them
         self.errors = 0  # exceptions raised by the handler (counted; MIDI keeps flowing)
         self.events = 0  # raw JACK MIDI events read
-        self.recent: deque[tuple[float, str, str]] = deque(maxlen=recent)  # (time, source, text) for the UI
+        self.recent: deque[tuple[float, str, object]] = deque(maxlen=recent)  # (time, source, text or message)
         self.ports: dict[str, PortState] = {}  # the sources the watcher connected, by full port name
         self.client = None
         self.port = None
@@ -293,7 +293,7 @@ class JackMidiInput:
             for msg in self.parser.feed(bytes(data), t):
                 if msg.channel < 0 and msg.kind != "sysex":
                     continue  # real-time / system common: nothing to play
-                self.recent.append((t, self._source, msg.describe()))
+                self.recent.append((t, self._source, msg))  # no formatting in the process cycle: str() when shown
                 if msg.kind == "sysex":
                     continue
                 try:

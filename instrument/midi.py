@@ -46,6 +46,9 @@ class MidiMessage:
     time: float = 0.0  # time.monotonic() at arrival
     data: bytes = b""  # sysex payload (first SYSEX_KEEP bytes)
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         ch = f"ch{self.channel + 1:<2} " if self.channel >= 0 else ""
         if self.kind in ("note_on", "note_off"):
@@ -223,26 +226,10 @@ def open_midi(handler: Callable[["MidiMessage"], None], name: str = "neuralinst"
 def _jack_running() -> bool:
     import os
 
-    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # probing must never launch a JACK server
-    try:
-        from instrument.jack_midi import jack_server_running
-    except ImportError:  # pragma: no cover - JACK-Client is a dependency
-        pass
-    else:
-        return jack_server_running()
-    import rtmidi
+    from instrument.jack_midi import jack_server_running
 
-    try:
-        probe = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="neuralinst-probe")
-    except Exception:  # rtmidi raises SystemError / rtmidi.SystemError when no server answers
-        return False
-    try:
-        probe.get_port_count()
-        return True
-    except Exception:
-        return False
-    finally:
-        probe.delete()
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")  # probing must never launch a JACK server
+    return jack_server_running()
 
 
 @dataclass
@@ -263,7 +250,7 @@ class MidiInput:
         self.select = select
         self.api_name = api
         self.poll_interval = poll_interval
-        self.recent: deque[tuple[float, str, str]] = deque(maxlen=recent)  # (time, port, text) for the UI
+        self.recent: deque[tuple[float, str, object]] = deque(maxlen=recent)  # (time, port, text or message)
         self.ports: dict[str, PortState] = {}
         self.virtual_port = ""  # the full name of our own input port, as other clients see it
         self.errors = 0  # exceptions raised by the handler (counted; MIDI keeps flowing)
@@ -409,7 +396,7 @@ class MidiInput:
         for msg in parser.feed(message, now):
             if msg.channel < 0 and msg.kind != "sysex":
                 continue  # real-time and system common: nothing to play (yet)
-            self.recent.append((now, label, msg.describe()))
+            self.recent.append((now, label, msg))  # described when the UI shows it
             if msg.kind == "sysex":
                 continue
             try:

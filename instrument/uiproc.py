@@ -83,7 +83,7 @@ def describe_midi(midi) -> dict[str, Any] | None:
     st = midi.stats
     return {"status": list(midi.status()),
             "stats": {"malformed": st.malformed, "sysex": st.sysex, "flood_dropped": st.flood_dropped},
-            "recent": list(midi.recent)[-MIDI_RECENT:]}
+            "recent": [(t, port, str(what)) for t, port, what in list(midi.recent)[-MIDI_RECENT:]]}
 
 
 # --- the engine's side -------------------------------------------------------------------------------------------
