@@ -261,7 +261,7 @@ def export_configs(names: list[str], folder: Path, seed: int = 0) -> dict[str, P
                 from export.cli import _write_native
                 from instrument.model import native_weights_path
 
-                _write_native(model, path, native_weights_path(path), half=False)
+                _write_native(model, path, native_weights_path(path), "float32")
         out[name] = path
     return out
 

@@ -12,6 +12,8 @@ miss the deadline of a live stream), and batched throughput (streams × real tim
 
 `--weights fp32,int8,int4` also times the int8/int4-weight graphs (export/quantize.py) of the VRNN and WaveGAN
 configs in the same alternating rounds, with their teacher-forced per-call error against the fp32 graph.
+`native-int8` times VRNN's native C step (instrument/native/vrnn.c) with int8 products, the same way, with its
+per-call error against the fp32 torch model (what `neuralinst export --native-int8` writes).
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a short run (fewer rounds, less audio)")
     p.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
     p.add_argument("--weights", default="fp32",
-                   help="comma-separated weight schemes to time: fp32,int8,int4 (quantised: VRNN, WaveGAN only)")
+                   help="comma-separated weight schemes to time: fp32,int8,int4 (quantised graphs: VRNN, WaveGAN "
+                        "only), native-int8 (VRNN's C step with int8 products)")
     p.add_argument("--name", default="rtf", help="result file name under benchmarks/results/")
 
 
@@ -85,6 +88,69 @@ def _keep_like(kind: str, scheme: str) -> tuple[list[str] | None, str | None]:
     return kept_products(path, scheme), str(path.relative_to(path.parent.parent.parent))
 
 
+def _native_keep_like() -> tuple[set[str] | None, str | None]:
+    """The products the shipped VRNN preset's native weights keep float32 (None: no such file here)."""
+    path = Path(__file__).resolve().parent.parent / "presets/vrnn-piano/model.native.npz"
+    if not path.is_file():
+        return None, None
+    with np.load(path) as f:
+        kept = {k[:-2] for k in f.files if k.endswith(".w") and k[:-2] + ".scale" not in f.files}
+    return kept, str(path.relative_to(path.parent.parent.parent))
+
+
+class _NativeReport:
+    """What quantize_file's report gives the table, for the native int8 step."""
+
+    def __init__(self, model, path: Path, kept: list[str], like: str | None, calls: int = 50):
+        import torch
+
+        from export.quantize import _rel_rms
+        from instrument.native.vrnn import NativeVRNN
+
+        net = NativeVRNN(path)
+        self.bytes_after, self.matmuls, self.kept_like = path.stat().st_size, net.int8_products, like
+        self.bytes_before = 4 * sum(p.numel() for p in model.parameters())
+        self.kept = [{"product": k} for k in sorted(kept)]
+        # teacher-forced per call against the float32 torch model: both from torch's state, same controls
+        g = torch.Generator().manual_seed(0)
+        state, audio_err, state_err = model.initial_state(1), [], []
+        with torch.inference_mode():
+            for _ in range(calls):
+                controls = model.default_controls(1, g)
+                a_t, nxt = model.step(controls, state)
+                a_n, nxt_n = net.step({k: v.numpy() for k, v in controls.items()},
+                                      {k: v.numpy() for k, v in state.items()})
+                audio_err.append(_rel_rms(a_n, a_t.numpy()))
+                state_err.append(_rel_rms(nxt_n["h"], nxt["h"].numpy()))
+                state = nxt
+        self.audio_rel_rms, self.state_rel_rms = float(np.mean(audio_err)), float(np.mean(state_err))
+
+
+def _native_int8(model, workdir: Path, name: str):
+    """(runtime, report) of the native int8 step of `model` (random weights: the products kept float32 are those
+    of the shipped preset's native file, or none)."""
+    import copy
+
+    import torch
+
+    from export.native_weights import _round_rows_, vrnn_native_arrays, vrnn_products
+    from export.onnx_export import prepare_meta
+    from instrument.native.vrnn import load_native_model
+
+    kept, like = _native_keep_like()
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for product, (w, _) in vrnn_products(rounded).items():
+            if product not in (kept or set()):
+                _round_rows_(w)
+    path = workdir / f"{name}.native.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **vrnn_native_arrays(rounded, prepare_meta(rounded, None).to_json()))
+    runtime = load_native_model(path)
+    runtime.reset(0)
+    return runtime, _NativeReport(model, path, sorted(kept or ()), like)
+
+
 def measure_config(name: str, seconds: float, rounds: int, batches: list[int], workdir: Path,
                    schemes: tuple[str, ...] = ()) -> dict:
     import torch
@@ -105,6 +171,10 @@ def measure_config(name: str, seconds: float, rounds: int, batches: list[int], w
         from export.quantize import quantize_file
 
         for scheme in schemes:
+            if scheme == "native-int8":
+                if meta.kind == "vrnn":
+                    quantised[scheme] = _native_int8(model, workdir, name)
+                continue
             qpath = workdir / f"{name}-{scheme}.onnx"
             keep, like = _keep_like(meta.kind, scheme)
             report = quantize_file(path, qpath, scheme, calls=50, max_error=float("inf"),  # report, never refuse
@@ -172,9 +242,9 @@ def run(args) -> int:
     batches = [int(b) for b in args.batches.split(",") if b]
     names = [c for c in args.configs.split(",") if c]
     schemes = tuple(w for w in args.weights.split(",") if w and w != "fp32")
-    unknown = [w for w in schemes if w not in ("int8", "int4")]
+    unknown = [w for w in schemes if w not in ("int8", "int4", "native-int8")]
     if unknown:
-        raise UserError(f"unknown weight scheme {unknown[0]!r} (expected fp32, int8 or int4).")
+        raise UserError(f"unknown weight scheme {unknown[0]!r} (expected fp32, int8, int4 or native-int8).")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -195,8 +265,8 @@ def run(args) -> int:
                    w["call_ms"]["p99"], f"{100 * w['audio_rel_rms']:.2f}%", f"{100 * w['state_rel_rms']:.2f}%"]
                   for r in rows for scheme, w in r["weights"].items()]
     if quant_rows:
-        print("\nQuantised weights, onnxruntime, batch 1, one thread (error: teacher-forced per call vs fp32; the "
-              "products kept fp32 are those the trained preset of the family needs)")
+        print("\nQuantised weights, onnxruntime (native-int8: the C step), batch 1, one thread (error: teacher-forced "
+              "per call vs fp32; the products kept fp32 are those the trained preset of the family needs)")
         print_table(["config", "weights", "size", "fp32 x rt", "x rt", "over fp32", "call p99 ms", "audio err",
                      "state err"], quant_rows)
     path = write_result(args.name, {"core": core, "weights": ["fp32", *schemes], "rows": rows})

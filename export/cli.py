@@ -3,7 +3,9 @@
 
 SampleRNN models also get their native weights beside the graph, MODEL.native.npz (instrument/native: the C
 sample loop the runtime prefers on the CPU). The npz carries the ONNX file's metadata plus its seal, so the runtime
-can tell that the two belong together. Both executors are verified against the torch model.
+can tell that the two belong together. Both executors are verified against the torch model. VRNN models get them
+with `--native-int8` (the C step with int8 products: a quarter of the bytes to stream per frame); the products
+whose rounding alone moves the audio or state by more than `--keep-error` stay float32, measured first.
 
 `--weights int8|int4` (export/quantize.py) quantises the verified fp32 graph's matrix products for the CPU, where
 batch-1 streaming is bound by reading the weights; the per-call error against the fp32 graph is measured and
@@ -41,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "to float16 first, so the ONNX graph plays the same rounded model")
     parser.add_argument("--native-int8", action="store_true",
                         help="SampleRNN: int8 native matrices with per-row scales (~2.4x faster than float32 on a "
-                             "Zen 1 core); the weights are rounded to that grid first, the ONNX graph plays the same "
-                             "rounded model")
+                             "Zen 1 core); VRNN: write native weights with int8 products (the C step; --keep-error "
+                             "and --min-weights choose which stay float32). The weights are rounded to that grid "
+                             "first, the ONNX graph plays the same rounded model")
     parser.add_argument("--native-verify-calls", type=int, default=60,
                         help="streaming calls comparing the native loop with torch (default 60)")
 
@@ -72,13 +75,16 @@ def run(args: argparse.Namespace) -> int:
         raise
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{checkpoint}: cannot load the checkpoint ({e}).") from None
-    native = getattr(model, "kind", "") == "samplernn" and not args.no_native
+    kind = getattr(model, "kind", "")
+    native = (kind == "samplernn" or (kind == "vrnn" and args.native_int8)) and not args.no_native
     if args.weights != "fp32" and (args.fp16 or getattr(model, "kind", "") == "samplernn"):
         raise UserError("--weights int8/int4 applies to float32 VRNN and WaveGAN exports (not --fp16, not SampleRNN: "
                         "a rounding change moves which level SampleRNN draws).")
+    if args.native_half and kind != "samplernn":
+        raise UserError("--native-half applies to SampleRNN models.")
     if (args.native_half or args.native_int8) and not native:
-        raise UserError("--native-half and --native-int8 apply to SampleRNN models exported with their native "
-                        "weights.")
+        raise UserError("--native-half and --native-int8 apply to SampleRNN and VRNN models exported with their "
+                        "native weights.")
     if args.native_half and args.native_int8:
         raise UserError("choose --native-half or --native-int8, not both.")
     storage = "int8" if args.native_int8 else "float16" if args.native_half else "float32"
@@ -92,7 +98,15 @@ def run(args: argparse.Namespace) -> int:
             model.round_weights_to_half_()
         except ValueError as e:
             raise UserError(f"--native-half: {e}.") from None
-    if args.native_int8:  # the same rule, for the int8 grid (Model.round_weights_to_int8_)
+    if args.native_int8 and kind == "vrnn":  # measured product by product: the audible ones stay float32
+        from export.native_weights import round_vrnn_to_int8_
+
+        solo = round_vrnn_to_int8_(model, keep_error=args.keep_error, min_weights=args.min_weights)
+        kept = [f"{n} ({e:.2%})" if e is not None else f"{n} (small)" for n, e in solo.items()
+                if e is None or e > args.keep_error]
+        print(f"native int8: {len(solo) - len(kept)} of {len(solo)} products rounded to int8 rows; kept float32: "
+              f"{', '.join(kept) or 'none'}")
+    elif args.native_int8:  # the same rule, for the int8 grid (Model.round_weights_to_int8_)
         model.round_weights_to_int8_()
     try:
         result = export_model(model, out, info=info, fp16=args.fp16, optimise=not args.no_optimise, name=args.name)
@@ -145,18 +159,21 @@ def _write_native(model, out: Path, npz: Path, storage: str) -> None:
     """MODEL.native.npz: the weights in the C loop's layout, described by the ONNX file's own metadata and seal."""
     import numpy as np
 
-    from export.native_weights import native_arrays
+    from export.native_weights import native_arrays, vrnn_native_arrays
     from instrument.model import SEAL_KEY, read_model_file, scan_onnx_bytes
 
     data, meta = read_model_file(out)
     meta.extra["onnx_sha256"] = scan_onnx_bytes(data).metadata[SEAL_KEY]  # pairs the two files
-    arrays = native_arrays(model, meta.to_json(), half=storage == "float16", int8=storage == "int8")
+    if model.kind == "vrnn":
+        arrays = vrnn_native_arrays(model, meta.to_json())
+    else:
+        arrays = native_arrays(model, meta.to_json(), half=storage == "float16", int8=storage == "int8")
     tmp = npz.with_name(npz.name + ".tmp")
     with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz"
         np.savez(f, **arrays)
     tmp.replace(npz)
-    print(f"wrote {npz} ({npz.stat().st_size / 1e6:.2f} MB, native SampleRNN weights, "
-          f"{storage} matrices)")
+    what = "native VRNN weights, int8 and float32" if model.kind == "vrnn" else f"native SampleRNN weights, {storage}"
+    print(f"wrote {npz} ({npz.stat().st_size / 1e6:.2f} MB, {what} matrices)")
 
 
 def _verify_native(model, out: Path, npz: Path, calls: int, storage: str = "float32") -> None:
@@ -175,6 +192,8 @@ def _verify_native(model, out: Path, npz: Path, calls: int, storage: str = "floa
         raise UserError(f"the native weights do not load ({e}); {npz} was removed.") from None
     # int8 matrices: the loop rounds their inputs to 14 bits (export/verify.py says what that changes)
     loose = {"state_tolerance": 2e-3, "boundary_tolerance": 2e-3, "max_flip_rate": 5e-3} if storage == "int8" else {}
+    if model.kind == "vrnn":  # no levels to flip: the audio itself follows torch's to the 14-bit input step
+        loose = {"tolerance": 1e-3, "state_tolerance": 2e-3, "resync": True}
     report = verify_export(model, out, calls=calls, device="cpu", backend="native", **loose)
     print("native " + report.summary().replace("onnx - torch", "native - torch"))
     if not report.passed:

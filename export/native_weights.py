@@ -145,3 +145,125 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ==================================================================================================================
+# VRNN (instrument/native/vrnn.c): every matrix product of one generation step, float32 or int8 with row scales
+# ==================================================================================================================
+VRNN_KIND = "vrnn"  # instrument/native/vrnn.py KIND
+VRNN_SENSITIVITY_CALLS = 40
+
+
+def vrnn_products(model) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """name -> (weight [rows, cols], bias or None) of every product of a VRNN generation step, in the native
+    file's naming (instrument/native/vrnn.py layer_shapes). The weights are views into the model's parameters:
+    the layers with two inputs are split by column ([phi_z(z), h] for the decoder, [phi_x(x), phi_z(z)] for the
+    GRU), each part with its own rows to scale."""
+    c = model.config
+    lin = {}
+    for l in range(c.mlp_layers):
+        lin[f"prior{l}"] = model.phi_prior[2 * l]
+        lin[f"phi_x{l}"] = model.phi_x[2 * l]
+        if l:
+            lin[f"dec{l}"] = model.phi_dec[2 * l]
+    lin.update({"prior_mean": model.prior.mean, "prior_std": model.prior.std, "phi_z": model.phi_z[0],
+                "dec_mean": model.dec.mean, "dec_std": model.dec.std})
+    out = {name: (m.weight.data, m.bias.data) for name, m in lin.items()}
+    dec0, zf, xf = model.phi_dec[0], c.z_feat_dim, c.x_feat_dim
+    out["dec_z"] = (dec0.weight.data[:, :zf], dec0.bias.data)
+    out["dec_h"] = (dec0.weight.data[:, zf:], None)
+    rnn = model.rnn
+    out["gru_x"] = (rnn.weight_ih.data[:, :xf], rnn.bias_ih.data)
+    out["gru_z"] = (rnn.weight_ih.data[:, xf:], None)
+    out["gru_h"] = (rnn.weight_hh.data, rnn.bias_hh.data)
+    return out
+
+
+def _round_rows_(w: torch.Tensor) -> None:
+    """In place: w = q * scale per row, q integer in [-127, 127], exactly as quantize_rows computes it."""
+    from instrument.native.samplernn import quantize_rows
+
+    q, scale = quantize_rows(_f32(w))
+    w.copy_(torch.from_numpy(q.astype(np.float32) * scale[:, None]))
+
+
+@torch.no_grad()
+def vrnn_sensitivity(model, calls: int = VRNN_SENSITIVITY_CALLS, seed: int = 0,
+                     min_weights: int = 16384) -> dict[str, float]:
+    """name -> the per-call error with that product alone rounded to int8 rows: teacher-forced (every call starts
+    from the float32 model's own state, with the same controls and noise), the larger of the audio's and the next
+    state's relative RMS, averaged over `calls` calls; the latent offset moves across its range (a zero latent
+    would hide the error). Products with fewer than `min_weights` weights are not measured (they stay float32)."""
+    model = model.eval()
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    k = c.frames_per_step
+    controls = {
+        "temperature": torch.ones(calls),
+        "z_offset": torch.rand(calls, c.z_dim, generator=g) * 2 - 1,
+        "eps_z": torch.randn(calls, *((k, c.z_dim) if k > 1 else (c.z_dim,)), generator=g),
+        "eps_x": torch.randn(calls, c.frame * k, generator=g),
+    }
+    states, h = [], model.initial_state(1)["h"]
+    for i in range(calls):  # the float32 model's closed-loop trajectory
+        states.append(h)
+        _, nxt = model.step({n: v[i:i + 1] for n, v in controls.items()}, {"h": h})
+        h = nxt["h"]
+    before = {"h": torch.cat(states)}
+    ref_audio, ref_next = model.step(controls, before)  # all calls at once: a batch of `calls` streams
+
+    def rel(a, b):
+        return ((a - b).square().mean(dim=tuple(range(1, a.dim()))).sqrt()
+                / b.square().mean(dim=tuple(range(1, b.dim()))).sqrt().clamp_min(1e-12))
+
+    out = {}
+    for name, (w, _) in vrnn_products(model).items():
+        if w.numel() < min_weights:
+            continue
+        saved = w.clone()
+        _round_rows_(w)
+        audio, nxt = model.step(controls, before)
+        w.copy_(saved)
+        out[name] = float(torch.maximum(rel(audio, ref_audio), rel(nxt["h"], ref_next["h"])).mean())
+    return out
+
+
+def round_vrnn_to_int8_(model, keep_error: float = 0.01, min_weights: int = 16384) -> dict[str, float | None]:
+    """Round the products whose int8 rounding alone costs at most `keep_error` (vrnn_sensitivity) onto the int8 row
+    grid, in place, so that the ONNX graph exported next and the native int8 step play the same model. Returns
+    name -> measured error (None: too small to measure, stays float32); those above keep_error stay float32."""
+    solo = vrnn_sensitivity(model, min_weights=min_weights)
+    for name, (w, _) in vrnn_products(model).items():
+        if name in solo and solo[name] <= keep_error:
+            _round_rows_(w)
+    return {name: solo.get(name) for name in vrnn_products(model)}
+
+
+@torch.no_grad()
+def vrnn_native_arrays(model, meta_json: str) -> dict[str, np.ndarray]:
+    """The arrays the C step needs (instrument/native/vrnn.py reads them). A product already on the int8 row grid
+    (round_vrnn_to_int8_) is stored as int8 + scales, every other one as float32: what was rounded is what the
+    graph plays, and nothing else is changed."""
+    from instrument.native.samplernn import quantize_rows
+
+    c = model.config
+    if c.mlp_layers > MAX_LAYERS:
+        raise UserError(f"{c.name}: the native VRNN step handles at most {MAX_LAYERS} layers per MLP.")
+    out: dict[str, np.ndarray] = {
+        "format_version": np.array([FORMAT_VERSION], np.int32),
+        "kind": np.frombuffer(VRNN_KIND.encode(), dtype=np.uint8).copy(),
+        "meta_json": np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8).copy(),
+        "header": np.array([c.frame, c.h_dim, c.z_dim, c.mlp_layers, int(c.play_mean), c.x_feat_dim, c.z_feat_dim,
+                            c.dec_dim, c.prior_dim], np.int32),
+        "floats": np.array([float(model.data_mean), float(model.data_std), c.min_std], np.float32),
+    }
+    for name, (w, b) in vrnn_products(model.eval()).items():
+        a = _f32(w)
+        q, scale = quantize_rows(a)
+        if np.array_equal(q.astype(np.float32) * scale[:, None], a) and np.abs(q).max() > 1:
+            out[name + ".w"], out[name + ".scale"] = q, scale
+        else:
+            out[name + ".w"] = a
+        if b is not None:
+            out[name + ".b"] = _f32(b)
+    return out

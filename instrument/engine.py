@@ -61,7 +61,7 @@ class EngineConfig:
     channels: int = 2
     device: str = "auto"  # inference device for onnxruntime (auto | cpu | cuda)
     threads: int = 1  # inference threads (one is steadiest on a shared machine)
-    backend: str = "auto"  # executor: auto | onnx | native (SampleRNN's C loop; instrument.model.load_model)
+    backend: str = "auto"  # executor: auto | onnx | native (the C loop of SampleRNN or VRNN; instrument.model.load_model)
     realtime: str = "auto"  # producer SCHED_FIFO: auto (when the audio thread is real-time) | on | off
 
 

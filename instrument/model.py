@@ -408,7 +408,8 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
         except UserError as e:
             if backend == "native":
                 raise
-            note = str(e)  # auto: the graph plays instead, and the reason is kept for the UI
+            if meta.kind in NATIVE_KINDS:  # auto: the graph plays instead, and the reason is kept for the UI
+                note = str(e)
 
     providers, kind = _choose_providers(device, p.name)
     options = ort.SessionOptions()
@@ -441,15 +442,17 @@ def load_model(path: str | os.PathLike, device: str = "auto", threads: int = 1, 
 
 
 # ==================================================================================================================
-# The native backend: a SampleRNN's C sample loop (instrument/native), paired with its checked ONNX file
+# The native backend: a SampleRNN's C sample loop or a VRNN's C step (instrument/native), paired with its checked
+# ONNX file
 # ==================================================================================================================
 BACKENDS = ("auto", "onnx", "native")
 NATIVE_SUFFIX = ".native.npz"
-NATIVE_UNAVAILABLE = "the native SampleRNN loop cannot run on this machine"  # no compiler, failed build or load
+NATIVE_UNAVAILABLE = "the native loop cannot run on this machine"  # no compiler, failed build or load
+NATIVE_KINDS = ("samplernn", "vrnn")
 
 
 def native_weights_path(onnx_path: str | os.PathLike) -> Path:
-    """Where `neuralinst export` writes a SampleRNN's native weights: M.onnx -> M.native.npz beside it."""
+    """Where `neuralinst export` writes a model's native weights: M.onnx -> M.native.npz beside it."""
     p = Path(onnx_path)
     return p.with_name(p.stem + NATIVE_SUFFIX)
 
@@ -478,8 +481,8 @@ def _load_native(p: Path, meta: ModelMeta, seal: str, device: str, batch: int, e
     """The native executor for `p`, or a one-sentence UserError saying why there is none."""
     import zipfile
 
-    if meta.kind != "samplernn":
-        raise UserError(f"{p.name}: the native backend plays SampleRNN models only, not {meta.kind}.")
+    if meta.kind not in NATIVE_KINDS:
+        raise UserError(f"{p.name}: the native backend plays SampleRNN and VRNN models only, not {meta.kind}.")
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {device!r}; choose auto, cpu or cuda.")
     if device == "cuda":
@@ -493,19 +496,23 @@ def _load_native(p: Path, meta: ModelMeta, seal: str, device: str, batch: int, e
     if not npz.is_file():
         raise UserError(f"{p.name}: there are no native weights beside it ({npz.name}); re-export it with "
                         f"`neuralinst export` to get them.")
-    from instrument.native.samplernn import load_library, load_native_model
+    if meta.kind == "vrnn":
+        from instrument.native.vrnn import load_library, load_native_model
+    else:
+        from instrument.native.samplernn import load_library, load_native_model
 
     try:  # builds the C loop on first use where the source is newer than the library
         load_library()
     except (UserError, OSError) as e:
         reason = str(e).strip().splitlines()[0].rstrip(":. ") if str(e).strip() else type(e).__name__
-        raise UserError(f"{p.name}: {NATIVE_UNAVAILABLE} ({reason.removeprefix('the native SampleRNN loop ')}).") \
-            from None
+        for own in ("the native SampleRNN loop ", "the native VRNN step "):
+            reason = reason.removeprefix(own)
+        raise UserError(f"{p.name}: {NATIVE_UNAVAILABLE} ({reason}).") from None
     unreadable = f"{npz.name}: is not a readable native weights file (a damaged, truncated or foreign archive)."
     try:
         model = load_native_model(npz, batch=batch)
     except UserError as e:
-        if "not a native SampleRNN weights file" in str(e):  # numpy's own reason is no help to a performer
+        if "weights file (" in str(e):  # numpy's own reason is no help to a performer
             raise UserError(unreadable) from None
         raise UserError(f"{npz.name}: {str(e).removeprefix(str(npz) + ': ')}") from None
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, RuntimeError):

@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="inference device: auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "native"],
-                        help="executor: auto (SampleRNN's native C loop where it can run), onnx or native")
+                        help="executor: auto (the native C loop where a model has one and it can run), onnx or native")
     parser.add_argument("--realtime", default="auto", choices=["auto", "on", "off"],
                         help="SCHED_FIFO for the producer thread: auto (when the audio server runs real-time, as "
                         "JACK -R does), on, off")

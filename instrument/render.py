@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
     parser.add_argument("--backend", default="auto", choices=("auto", "onnx", "native"),
-                        help="executor: the ONNX graph, SampleRNN's native C loop (MODEL.native.npz), or auto "
+                        help="executor: the ONNX graph, the native C loop (MODEL.native.npz: SampleRNN, VRNN), or auto "
                              "(native where it can run; default)")
     parser.add_argument("--subtype", default="PCM_24", help="soundfile subtype (PCM_16, PCM_24, FLOAT)")
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} should end in .wav or .flac.")
     path, defaults = resolve_model(args.model)
     model = load_model(path, device=args.device, threads=args.threads, backend=args.backend)
-    if model.backend_note and model.meta.kind == "samplernn":  # auto chose the graph: say why, once
+    if model.backend_note:  # auto chose the graph although the kind has a native loop: say why, once
         print(f"note: {model.backend_note}", file=sys.stderr)
     temperature = args.temperature
     if temperature is None and "temperature" in defaults and model.meta.controls_with_role("temperature"):

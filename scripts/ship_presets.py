@@ -73,7 +73,8 @@ PRESETS = [
         "neuralinst prepare data/raw/piano --out data/piano-vrnn --kind vrnn --seed 0",
         ["batch_size=16", "sample_seconds=2"], "stream",
         "A VRNN stream trained on 50 minutes of piano; the latent knobs offset z, notes re-seed the stream.",
-        defaults={"temperature": 1.0, "volume": 0.8, "reverb.send": 0.15}, effects=ROOM),
+        defaults={"temperature": 1.0, "volume": 0.8, "reverb.send": 0.15}, effects=ROOM,
+        export_args=["--native-int8"]),
     PresetRecipe(
         "samplernn-piano", "samplernn-live", "data/piano", "data/piano",
         "scripts/build_datasets.sh piano", "(done by build_datasets.sh: --kind samplernn)",
@@ -91,13 +92,19 @@ PRESETS = [
 ]
 
 
-# What the card says about the native loop's weights, by export flag (figures: `neuralinst bench native`).
+# What the card says about the native loop's weights, by model kind and export flag (figures: `neuralinst bench
+# native` for SampleRNN, `neuralinst bench rtf --weights fp32,int8,native-int8` for VRNN).
 NATIVE_STORAGE = {
-    "--native-int8": "\n- **Native loop weights:** int8 with one scale per row (the model rounded to that grid before "
+    ("vrnn", "--native-int8"): "\n- **Native step weights:** int8 with one scale per row for every product whose "
+    "rounding alone moves the audio or state by at most 1 % per call (measured at export; the others stay float32), "
+    "the model rounded to that grid before export so the ONNX graph plays the same model. The C step streams a quarter "
+    "of the bytes per frame: VRNN_LIVE_FIGURES (`neuralinst bench rtf --configs vrnn-live --weights "
+    "fp32,int8,native-int8`).",
+    ("samplernn", "--native-int8"): "\n- **Native loop weights:** int8 with one scale per row (the model rounded to that grid before "
     "export, so the ONNX graph plays the same model); 2.1× real time on one Zen 1 core where float32 gives 0.9×; cost on "
     "samplernn-piano +0.0006 bits/sample (`neuralinst bench native --quality-run runs/samplernn-piano "
     "--quality-data data/piano`).",
-    "--native-half": "\n- **Native loop weights:** float16 (the model rounded to float16 before export).",
+    ("samplernn", "--native-half"): "\n- **Native loop weights:** float16 (the model rounded to float16 before export).",
 }
 
 
@@ -157,7 +164,7 @@ def ship(recipe: PresetRecipe) -> dict:
     figures = json.loads(quality.split("neuralinst-eval:", 1)[1].split("-->", 1)[0]) if "neuralinst-eval:" in quality else {}
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".npz")}
     size_text = ", ".join(f"`{k}` {v / 1e6:.1f} MB" for k, v in sorted(sizes.items()))
-    native_line = "".join(NATIVE_STORAGE[a] for a in recipe.export_args if a in NATIVE_STORAGE)
+    native_line = "".join(NATIVE_STORAGE.get((meta["kind"], a), "") for a in recipe.export_args)
     verdict = (f"meets the numeric target (≤ 0.3; timbre {figures.get('score_timbre', float('nan')):.2f}, dynamics "
                f"{figures.get('score_dynamics', float('nan')):.2f}). Read it beside the matched-noise row (noise with "
                "the set's own spectrum) and the spectrogram: the score compares log-mel frame statistics (spectral "

@@ -158,15 +158,21 @@ def test_corrupt_or_mismatching_native_weights_are_refused_in_one_sentence(expor
         assert fallback.backend == "onnx" and fallback.backend_note == text, label
 
 
-def test_a_non_samplernn_model_has_no_native_backend(tmp_path):
+def test_only_samplernn_and_vrnn_have_a_native_backend(tmp_path):
     from export.onnx_export import export_model
-    from toy_models import ToyGRU
+    from toy_models import ToyGenerator, ToyGRU
 
     torch.manual_seed(0)
-    path = export_model(ToyGRU(), tmp_path / "gru.onnx").path
+    path = export_model(ToyGenerator(), tmp_path / "gen.onnx").path  # kind wavegan
     with pytest.raises(UserError) as e:
         load_model(path, backend="native")
-    assert "SampleRNN models only" in one_sentence(e)
+    assert "SampleRNN and VRNN models only" in one_sentence(e)
+    graph = load_model(path)
+    assert graph.backend == "onnx" and graph.backend_note is None  # nothing faster exists: nothing to tell the UI
+    path = export_model(ToyGRU(), tmp_path / "gru.onnx").path  # kind vrnn, exported without native weights
+    with pytest.raises(UserError) as e:
+        load_model(path, backend="native")
+    assert "no native weights beside it" in one_sentence(e)
     assert load_model(path).backend == "onnx"
 
 

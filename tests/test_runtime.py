@@ -246,8 +246,8 @@ def test_render_by_preset_name_plays_the_preset_defaults(tmp_path):
 
 
 def test_a_graph_reports_its_backend_and_auto_says_why_not_native(gru_path):
-    model = load_model(gru_path, device="cpu")  # auto: not a SampleRNN, so the graph plays
-    assert model.backend == "onnx" and "SampleRNN models only" in model.backend_note
+    model = load_model(gru_path, device="cpu")  # auto: no native weights beside it, so the graph plays
+    assert model.backend == "onnx" and "no native weights beside it" in model.backend_note
     assert load_model(gru_path, device="cpu", backend="onnx").backend_note is None
     with pytest.raises(UserError, match="unknown backend"):
         load_model(gru_path, backend="tensorrt")

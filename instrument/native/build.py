@@ -1,8 +1,8 @@
-"""Compile the native SampleRNN loop (samplernn.c) into a shared library beside it, with the system C compiler.
+"""Compile the native loops (samplernn.c, vrnn.c) into one shared library beside them, with the system C compiler.
 
     python instrument/native/build.py [--quiet] [--force]
 
-Rebuilt only when the source is newer than the library. `-march=native` because the library is built on the
+Rebuilt only when a source is newer than the library. `-march=native` because the library is built on the
 machine that plays (./dev setup runs this); `-ffast-math` lets the compiler vectorise the dot products (the
 rounding differences are covered by the adjacent-level flip rule, see tests/test_native.py).
 """
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "samplernn.c"
-LIBRARY = HERE / "_samplernn.so"
+SOURCES = (HERE / "samplernn.c", HERE / "vrnn.c")
+LIBRARY = HERE / "_native.so"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-shared", "-std=c11", "-Wall"]
 
 
@@ -29,7 +29,7 @@ def compiler() -> str | None:
 
 
 def needs_build() -> bool:
-    return not LIBRARY.exists() or LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime
+    return not LIBRARY.exists() or LIBRARY.stat().st_mtime < max(s.stat().st_mtime for s in SOURCES)
 
 
 def build(force: bool = False, quiet: bool = False) -> Path:
@@ -40,7 +40,7 @@ def build(force: bool = False, quiet: bool = False) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found (install gcc or set CC)")
     tmp = LIBRARY.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"]
+    cmd = [cc, *FLAGS, "-o", str(tmp), *map(str, SOURCES), "-lm"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -49,6 +49,25 @@ def build(force: bool = False, quiet: bool = False) -> Path:
     if not quiet:
         print(f"built {LIBRARY.relative_to(HERE.parent.parent)} with {cc} {' '.join(FLAGS)}")
     return LIBRARY
+
+
+def load(what: str, abi_function: str, abi_version: int):
+    """The library as a ctypes.CDLL, built first if needed, with `abi_function()` == `abi_version` checked.
+    `what` names the loop in the one-sentence errors ("the native SampleRNN loop")."""
+    import ctypes
+
+    from instrument.errors import UserError
+
+    try:
+        path = build(quiet=True)
+    except RuntimeError as e:
+        raise UserError(f"{what} could not be built: {e}.") from None
+    lib = ctypes.CDLL(str(path))
+    version = getattr(lib, abi_function)
+    version.restype = ctypes.c_int
+    if version() != abi_version:
+        raise UserError(f"{path} is stale ({what}: ABI {version()}, expected {abi_version}); rebuild it.")
+    return lib
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ or, for one stream with the state kept inside (no state copies per call):
 or as the runtime's second executor, with instrument.model.RuntimeModel's interface (reset(seed), set_control,
 generate(n), step(), get_state/set_state):
 
-    model = load_native_model("model.srnn.npz")       # NativeRuntimeModel
+    model = load_native_model("model.srnn.npz")       # NativeRuntimeModel (instrument/native/runtime.py)
 
 numpy and ctypes only (no torch). The library is built by instrument/native/build.py (./dev setup runs it);
 if it is missing, the constructor builds it or raises UserError.
@@ -26,6 +26,7 @@ import numpy as np
 
 from instrument.errors import UserError
 from instrument.meta import ModelMeta
+from instrument.native.runtime import NativeRuntimeModel
 
 MAX_TIERS, MAX_LAYERS, MAX_HIDDEN = 8, 8, 8
 ABI_VERSION = 3
@@ -98,14 +99,7 @@ def load_library() -> ctypes.CDLL:
         return _LIB
     from instrument.native import build
 
-    try:
-        path = build.build(quiet=True)
-    except RuntimeError as e:
-        raise UserError(f"the native SampleRNN loop could not be built: {e}.") from None
-    lib = ctypes.CDLL(str(path))
-    lib.srnn_abi_version.restype = ctypes.c_int
-    if lib.srnn_abi_version() != ABI_VERSION:
-        raise UserError(f"{path} is stale (ABI {lib.srnn_abi_version()}, expected {ABI_VERSION}); rebuild it.")
+    lib = build.load("the native SampleRNN loop", "srnn_abi_version", ABI_VERSION)
     lib.srnn_workspace_floats.argtypes = [ctypes.POINTER(_Model)]
     lib.srnn_workspace_floats.restype = ctypes.c_size_t
     lib.srnn_frame.argtypes = [ctypes.POINTER(_Model), _FP, _FP, _FP, _FP, ctypes.c_float, _IP, _FP, _FP, _IP, _FP]
@@ -313,129 +307,14 @@ class NativeSampleRNN:
                 raise ValueError(f"noise and out must be C-contiguous float32 [{self.block_size}]")
         self._call(self.HOT, temperature, noise, None, None, out)
 
+    def run(self, controls: dict[str, np.ndarray], out: np.ndarray) -> None:
+        """The runtime's hot path (instrument/native/runtime.py): one frame of stream 0 from [1, ...] controls."""
+        self.generate_frame(float(controls["temperature"][0]), controls["noise"][0], out)
+
     @property
     def last_levels(self) -> np.ndarray:
         """The quantisation levels of the last generated frame (int32 [block])."""
         return self._levels
-
-
-class NativeRuntimeModel:
-    """The native loop behind instrument.model.RuntimeModel's interface: a drop-in second executor.
-
-    Same controls (clamped to their ranges), same seeded noise stream (`np.random.default_rng(seed).random` into
-    the noise control, once per call, like the ONNX runtime), same randomised-h0 rule, same `generate` leftovers:
-    with the same seed and controls it plays what the ONNX graph plays (up to the rare adjacent-level flip)."""
-
-    providers = ["native"]
-    device = "cpu"
-
-    def __init__(self, net: NativeSampleRNN, batch: int = 1):
-        if batch < 1:
-            raise UserError("batch must be at least 1.")
-        self.net, self.meta, self.batch, self.path = net, net.meta, batch, net.path
-        self._controls = {c.name: np.full((batch, *c.shape), c.default, np.float32) for c in self.meta.controls}
-        self._noise = self._controls["noise"]
-        self._temperature = self._controls["temperature"]
-        noise_std = self.meta.extra.get("initial_state_noise_std", {})
-        self._initial_noise = [(s.name, float(noise_std[s.name])) for s in self.meta.state if noise_std.get(s.name)]
-        self._initial = net.initial_state(batch)
-        self._state = {k: v.copy() for k, v in self._initial.items()}  # used when batch > 1
-        self._audio = np.zeros((batch, 1, net.block_size), np.float32)
-        self._pos = net.block_size
-        self.recoveries = 0
-        self.reset(0)
-
-    sample_rate = property(lambda self: self.meta.sample_rate)
-    channels = property(lambda self: 1)
-    block_size = property(lambda self: self.meta.block_size)
-
-    def reset(self, seed: int | None = 0) -> None:
-        self._rng = np.random.default_rng(seed)
-        state = {k: v.copy() for k, v in self._initial.items()}
-        for name, std in self._initial_noise:
-            state[name] = (state[name] + std * self._rng.standard_normal(state[name].shape)).astype(np.float32)
-        self.set_state(state)
-        self._pos = self.block_size
-
-    def set_control(self, name: str, value) -> None:
-        try:
-            spec = self.meta.control(name)
-        except KeyError:
-            names = ", ".join(c.name for c in self.meta.controls)
-            raise UserError(f"the model has no control {name!r} (it has: {names}).") from None
-        if spec.role == "noise":
-            raise UserError(f"control {name!r} is noise drawn by the runtime; use reset(seed) to choose it.")
-        arr = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise UserError(f"control {name!r} must be finite, got {value!r}.")
-        target = self._controls[name]
-        try:
-            target[...] = np.clip(np.broadcast_to(arr, target.shape), spec.minimum, spec.maximum)
-        except ValueError:
-            raise UserError(f"control {name!r} takes shape {spec.shape}, got {list(arr.shape)}.") from None
-
-    def get_control(self, name: str) -> np.ndarray:
-        return self._controls[name].copy()
-
-    def last_controls(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self._controls.items()}
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        return self.net.get_state() if self.batch == 1 else {k: v.copy() for k, v in self._state.items()}
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        for s in self.meta.state:
-            if np.shape(state[s.name]) != (self.batch, *s.shape):
-                raise UserError(f"state {s.name!r} takes shape {[self.batch, *s.shape]}, "
-                                f"got {list(np.shape(state[s.name]))}.")
-        if self.batch == 1:
-            self.net.reset({k: np.asarray(v, np.float32) for k, v in state.items()})
-        else:
-            self._state = {k: np.array(v, np.float32, copy=True) for k, v in state.items()}
-
-    def snapshot(self) -> dict:
-        """As RuntimeModel.snapshot: state, leftover samples and noise generator, for `restore`."""
-        return {"state": self.get_state(), "audio": self._audio.copy(), "pos": self._pos,
-                "rng": self._rng.bit_generator.state}
-
-    def restore(self, snapshot: dict) -> None:
-        self.set_state(snapshot["state"])
-        self._audio[...] = snapshot["audio"]
-        self._pos = snapshot["pos"]
-        self._rng.bit_generator.state = snapshot["rng"]
-
-    def _run(self) -> None:
-        self._rng.random(dtype=np.float32, out=self._noise)
-        if self.batch == 1:
-            self.net.generate_frame(float(self._temperature[0]), self._noise[0], self._audio[0, 0])
-        else:
-            self._audio[...], self._state = self.net.step(self._controls, self._state)
-        if not np.isfinite(self._audio).all():  # as the ONNX runtime: silence, and restart the stream
-            self._audio[...] = 0.0
-            self.set_state(self._initial)
-            self.recoveries += 1
-
-    def step(self) -> np.ndarray:
-        self._run()
-        self._pos = self.block_size
-        return self._audio.copy()
-
-    def generate(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        return self.generate_batch(n, None if out is None else out[None])[0]
-
-    def generate_batch(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            out = np.empty((self.batch, 1, n), np.float32)
-        block, done = self.block_size, 0
-        while done < n:
-            if self._pos >= block:
-                self._run()
-                self._pos = 0
-            take = min(block - self._pos, n - done)
-            out[:, :, done:done + take] = self._audio[:, :, self._pos:self._pos + take]
-            self._pos += take
-            done += take
-        return out
 
 
 def load_native_model(path: str | Path, batch: int = 1) -> NativeRuntimeModel:
