@@ -125,9 +125,12 @@ def _gap_judge(model, before, controls, audio_t, boundary_tolerance: float):
 def _vary_controls(runtime: RuntimeModel, meta: ModelMeta, rng: np.random.Generator, call: int) -> None:
     """Move the performer controls between calls: a control that tracing baked in as a constant (a Python float
     instead of the input) passes at its default value but fails here. Temperature moves every call within
-    [0.5, 1.5] (clipped to its range), latents jump every 10 calls (a zero latent would test little)."""
+    [0.5, 1.5] (clipped to its range), grain over its whole range, latents jump every 10 calls (a zero latent would
+    test little)."""
     for c in meta.controls:
-        if c.role == "temperature":
+        if c.role == "grain":
+            runtime.set_control(c.name, rng.uniform(c.minimum, c.maximum, size=c.shape))
+        elif c.role == "temperature":
             low, high = max(c.minimum, 0.5), min(c.maximum, 1.5)
             if low < high:
                 runtime.set_control(c.name, rng.uniform(low, high, size=c.shape))

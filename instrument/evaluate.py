@@ -486,13 +486,20 @@ def resolve_model_path(model: str) -> Path:
 
 
 def render_model(model: str | Path, seconds: float, seed: int = 0) -> tuple[np.ndarray, int, dict[str, Any]]:
-    """`seconds` of a model's output (float32 [C, n]) through the live runtime, and a description.
+    """`seconds` of a model's output (float32 [C, n]) through the live runtime, and a description. A preset plays
+    with its defaults for the model's controls (temperature, grain), as `neuralinst play` starts it.
     Streaming models: `generate(n)`. WaveGAN (one-shot clips): clips with random z from the latent's range
     (uniform, the prior it is trained with), joined end to end."""
     from instrument.model import load_model
 
+    from instrument.params import apply_role_defaults
+
     path = resolve_model_path(str(model))
     rt = load_model(path, device="cpu", threads=1, batch=1)
+    if path != Path(str(model)).expanduser():  # a preset: its defaults are the sound it plays (temperature, grain)
+        from instrument.presets import load_preset
+
+        apply_role_defaults(rt, load_preset(str(model)).defaults)
     meta = rt.meta
     n = int(seconds * meta.sample_rate)
     rt.reset(seed)

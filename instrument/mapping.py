@@ -9,8 +9,8 @@ Two halves:
   position differs from the parameter's value takes over only once it passes through it), a sustain pedal, and
   MIDI learn (arm a parameter, move a knob: bound).
 
-Performer parameter names are the engine's (docs/DESIGN.md §4): `temperature`, `latent.0` … `latent.N`, `morph`,
-`drift`, `volume`, `filter.cutoff`, `delay.send`, `reverb.send`, `fx.<name>.bypass`.
+Performer parameter names are the engine's (docs/DESIGN.md §4): `temperature`, `grain`, `latent.0` … `latent.N`,
+`morph`, `drift`, `volume`, `filter.cutoff`, `delay.send`, `reverb.send`, `fx.<name>.bypass`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from instrument.errors import UserError
 
-PARAMETERS = ("temperature", "morph", "drift", "volume", "filter.cutoff", "delay.send", "reverb.send")
+PARAMETERS = ("temperature", "morph", "drift", "volume", "filter.cutoff", "delay.send", "reverb.send", "grain")
 LATENT_KNOBS = 8  # latent.0 … latent.7 are always mapped; a preset may name more (latent.N)
 _PARAM_PATTERNS = (re.compile(r"latent\.(\d+)"), re.compile(r"fx\.[a-z][a-z0-9_]*\.bypass"))
 MAX_CC = 119  # 120–127 are channel-mode messages (all sound off, reset, all notes off…), never knobs
@@ -48,10 +48,10 @@ class CCBinding:
 
 
 def default_cc() -> list[CCBinding]:
-    """Fits the common 8-knob controllers: CC 70–77 (Akai MPK, many Arturias) play the latent knobs, CC 21–27
+    """Fits the common 8-knob controllers: CC 70–77 (Akai MPK, many Arturias) play the latent knobs, CC 21–28
     (Novation Launchkey and friends' default bank) the performance parameters, plus mod wheel and channel volume."""
     out = [CCBinding(70 + i, f"latent.{i}") for i in range(LATENT_KNOBS)]
-    perf = ("temperature", "morph", "drift", "volume", "filter.cutoff", "delay.send", "reverb.send")
+    perf = ("temperature", "morph", "drift", "volume", "filter.cutoff", "delay.send", "reverb.send", "grain")
     out += [CCBinding(21 + i, p) for i, p in enumerate(perf)]
     out += [CCBinding(1, "morph"), CCBinding(7, "volume")]
     return out

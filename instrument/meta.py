@@ -30,7 +30,8 @@ STATE_PREFIX = "state."
 NEXT_STATE_PREFIX = "next_state."
 AUDIO_OUTPUT = "audio"
 # Control roles the engine understands; the engine maps knobs to controls by role, never by model kind.
-ROLES = ("temperature", "latent", "latent_offset", "noise", "seed", "other")
+# "grain": how much of the model's own output noise is heard (VRNN: the fraction of the decoder's sigma played).
+ROLES = ("temperature", "latent", "latent_offset", "noise", "seed", "grain", "other")
 NOISE_DISTRIBUTIONS = ("normal", "uniform")
 MAX_ARRAY_ELEMENTS = 50_000_000  # per batch item; anything larger is a corrupt or hostile file
 DTYPES = ("float32", "float16", "int64", "int32")

@@ -1,6 +1,6 @@
 """Performer parameters (docs/DESIGN.md §4) and how they reach a model: by control role, never by model kind.
 
-Names: `temperature`, `latent.0` … `latent.7`, `morph`, `drift`, `volume`, `filter.cutoff`, `delay.send`,
+Names: `temperature`, `grain`, `latent.0` … `latent.7`, `morph`, `drift`, `volume`, `filter.cutoff`, `delay.send`,
 `reverb.send`, `fx.<name>.bypass`. Values are in each parameter's own range (`ParamSpec.minimum..maximum`); the
 MIDI/UI layer maps a controller onto that range (`ParamSpec.from_unit`).
 
@@ -58,6 +58,12 @@ def performer_params(meta: ModelMeta | None = None, mode: str = "stream") -> lis
     if temps:
         t = temps[0]
         specs.append(ParamSpec("temperature", t.minimum, t.maximum, t.default, doc="sampling temperature"))
+    grains = meta.controls_with_role("grain") if meta else []
+    if grains:
+        g = grains[0]
+        specs.append(ParamSpec("grain", g.minimum, g.maximum, g.default,
+                               doc="how much of the model's own output noise is heard (VRNN: 0 the decoder mean, "
+                                   "1 the drawn frame)"))
     has_latent = bool(meta and (meta.controls_with_role("latent") or meta.controls_with_role("latent_offset")))
     if has_latent:
         for i in range(N_LATENT_KNOBS):
@@ -75,6 +81,19 @@ def performer_params(meta: ModelMeta | None = None, mode: str = "stream") -> lis
     for fx in EFFECT_NAMES:
         specs.append(ParamSpec(f"fx.{fx}.bypass", 0.0, 1.0, 0.0, doc=f"1 bypasses the {fx}"))
     return specs
+
+
+# Performer parameters that set the model's controls of the role of the same name (sources.Source.set_param).
+ROLE_PARAMETERS = ("temperature", "grain")
+
+
+def apply_role_defaults(model, values: dict) -> None:
+    """Set `model`'s controls from the ROLE_PARAMETERS among `values` (a preset's defaults: the sound `play`
+    starts with), clamped to each control's range by the runtime. Used by `render` and `eval`."""
+    for role in ROLE_PARAMETERS:
+        if role in values:
+            for c in model.meta.controls_with_role(role):
+                model.set_control(c.name, float(values[role]))
 
 
 def orthonormal_directions(size: int, count: int = N_LATENT_KNOBS, seed: int = DIRECTION_SEED) -> np.ndarray:

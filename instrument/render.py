@@ -16,6 +16,7 @@ import numpy as np
 
 from instrument.errors import UserError
 from instrument.model import RuntimeModel, load_model
+from instrument.params import apply_role_defaults
 
 CHUNK_SECONDS = 0.5  # generate and write in pieces: bounded memory, a live progress bar
 
@@ -116,11 +117,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(path, device=args.device, threads=args.threads, backend=args.backend)
     if model.backend_note:  # auto chose the graph although the kind has a native loop: say why, once
         print(f"note: {model.backend_note}", file=sys.stderr)
-    temperature = args.temperature
-    if temperature is None and "temperature" in defaults and model.meta.controls_with_role("temperature"):
-        temperature = float(defaults["temperature"])  # the preset's sound, as `neuralinst play` starts it
+    apply_role_defaults(model, defaults)  # the preset's sound (temperature, grain), as `neuralinst play` starts it
     start = time.perf_counter()
-    audio = render(model, args.seconds, seed=args.seed, temperature=temperature, progress=True)
+    audio = render(model, args.seconds, seed=args.seed, temperature=args.temperature, progress=True)
     elapsed = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import soxr
 
 from instrument.errors import UserError
-from instrument.params import LatentMapper, ParamSpec, performer_params
+from instrument.params import ROLE_PARAMETERS, LatentMapper, ParamSpec, performer_params
 from instrument.upsample import PolyphaseUpsampler
 
 MODES = ("oneshot", "continuous", "stream")
@@ -233,8 +233,8 @@ class Program:
     def set_param(self, name: str, value: float) -> None:
         """Apply a model-side parameter (the engine handles volume and effects)."""
         self.values[name] = float(value)
-        if name == "temperature":
-            for c in self.meta.controls_with_role("temperature"):
+        if name in ROLE_PARAMETERS:  # temperature, grain: the controls of that role
+            for c in self.meta.controls_with_role(name):
                 self.model_control(c.name, min(max(float(value), c.minimum), c.maximum))
             if self.cue is not None:
                 self.cue.invalidate()

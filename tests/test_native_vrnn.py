@@ -40,6 +40,7 @@ def controls(m: Model, batch: int, rng: torch.Generator) -> dict[str, torch.Tens
     c, k = m.config, m.config.frames_per_step
     return {"temperature": 0.5 + torch.rand(batch, generator=rng),
             "z_offset": torch.rand(batch, c.z_dim, generator=rng) * 2 - 1,
+            "grain": torch.rand(batch, generator=rng),
             "eps_z": torch.randn(batch, *((k, c.z_dim) if k > 1 else (c.z_dim,)), generator=rng),
             "eps_x": torch.randn(batch, c.frame * k, generator=rng)}
 
@@ -165,3 +166,37 @@ def test_damaged_or_foreign_native_weights_are_refused_in_one_sentence(tmp_path)
     rt = load_native_model(good)
     with pytest.raises(UserError, match="noise drawn by the runtime"):
         rt.set_control("eps_x", 0.0)
+
+
+def test_grain_is_a_performer_parameter_from_preset_to_model(tmp_path):
+    """grain (role "grain") is a knob like temperature: a performer parameter with a default CC, set from a preset's
+    defaults when a Program starts, moved by set_param, and applied by render/eval to the preset's sound."""
+    from types import SimpleNamespace
+
+    from export.onnx_export import export_model
+    from instrument.mapping import default_cc
+    from instrument.model import load_model
+    from instrument.params import apply_role_defaults, performer_params
+    from instrument.sources import Program
+
+    m = make()
+    path = export_model(m, tmp_path / "g.onnx").path
+    rt = load_model(path, device="cpu")
+    assert [p.name for p in performer_params(rt.meta)][:2] == ["temperature", "grain"]
+    assert [b.param for b in default_cc() if b.cc == 28] == ["grain"]
+    preset = SimpleNamespace(name="g", mode="stream", defaults={"grain": 0.3}, latents={}, morph=None)
+    program = Program(rt, 48000, 2, preset=preset)
+    assert abs(float(rt.get_control("grain")[0]) - 0.3) < 1e-7
+    program.set_param("grain", 0.9)
+    assert abs(float(rt.get_control("grain")[0]) - 0.9) < 1e-7
+    program.set_param("grain", 7.0)  # clamped to the control's range
+    assert float(rt.get_control("grain")[0]) == 1.0
+    # what render and eval do with a preset's defaults: the same control, the same sound as play starts with
+    fresh = load_model(path, device="cpu")
+    apply_role_defaults(fresh, {"grain": 0.3, "volume": 0.5})
+    assert abs(float(fresh.get_control("grain")[0]) - 0.3) < 1e-7
+    fresh.reset(1)
+    loud = fresh.generate(2000)
+    fresh.set_control("grain", 0.0)
+    fresh.reset(1)
+    assert not np.array_equal(loud, fresh.generate(2000))  # grain changes what is heard

@@ -189,8 +189,14 @@ def test_play_in_a_real_terminal_with_tmux(jack_server, presets_env, shipped):
         assert "wavegan" in screen() and "latency" in screen() and "CC 70" in screen()
         # play connected the controller to its JACK MIDI input, and a note from it shows in the MIDI log
         assert wait_for(lambda: "tmux-keys:out" in screen(), 10), screen()
-        keys.send_message([0x90, 64, 100])
-        assert wait_for(lambda: "note on E4" in screen(), 5), screen()
+        # One resend at most: under a heavily loaded machine the non-realtime dummy server skips cycles (xruns),
+        # and a skipped cycle takes the MIDI events written in it along (seen with two training runs beside the
+        # suite); a lost note then is the server's, not the input's.
+        for _ in range(2):
+            keys.send_message([0x90, 64, 100])
+            if wait_for(lambda: "note on E4" in screen(), 4):
+                break
+        assert "note on E4" in screen(), screen()
         keys.send_message([0x80, 64, 0])
         tmux("send-keys", "-t", session, "C-r")
         assert wait_for(lambda: "REC" in screen(), 5), screen()

@@ -120,10 +120,11 @@ def test_step_shapes_controls_and_temperature(piano):
     meta = model.stream_meta()
     meta.validate()
     assert ModelMeta.from_json(meta.to_json()).block_size == 200
-    assert meta.input_names() == ["temperature", "z_offset", "eps_z", "eps_x", "state.h"]
+    assert meta.input_names() == ["temperature", "z_offset", "grain", "eps_z", "eps_x", "state.h"]
     assert meta.output_names() == ["audio", "next_state.h"]
     assert {c.name: c.role for c in meta.controls} == {
-        "temperature": "temperature", "z_offset": "latent_offset", "eps_z": "noise", "eps_x": "noise"}
+        "temperature": "temperature", "z_offset": "latent_offset", "grain": "grain", "eps_z": "noise",
+        "eps_x": "noise"}
     g = torch.Generator().manual_seed(0)
     controls = model.default_controls(3, g)
     state = model.initial_state(3)
@@ -146,12 +147,20 @@ def test_step_shapes_controls_and_temperature(piano):
         # The latent offset moves z, hence the sound.
         a4, _ = model.step(dict(cold, z_offset=torch.full((3, 8), 2.0)), state)
         assert not torch.allclose(a4, a0)
-        # play_mean=False plays the drawn frame itself: the same as the mean at temperature 0, noisier at 1.
+        # grain 1 plays the drawn frame itself: the same as the mean at temperature 0, noisier at 1; grain 0.5 is
+        # halfway between the two, sample for sample (before the clip to [-1, 1]); the next state never changes.
+        a5, s5 = model.step(dict(controls, grain=torch.ones(3)), state)
+        assert torch.equal(s5["h"], nxt["h"]) and not torch.allclose(a5, audio)
+        assert torch.equal(model.step(dict(cold, grain=torch.ones(3)), state)[0], a0)
+        half, s6 = model.step(dict(controls, grain=torch.full((3,), 0.5)), state)
+        inside = (a5.abs() < 0.999) & (audio.abs() < 0.999)
+        assert torch.allclose(half[inside], ((audio + a5) / 2)[inside], atol=1e-5) and torch.equal(s6["h"], nxt["h"])
+        # play_mean=False only changes grain's default (to 1): without a grain input it plays the drawn frame.
         drawn = Model(dataclasses.replace(model.config, play_mean=False)).eval()
         drawn.load_state_dict(model.state_dict())
-        assert torch.equal(drawn.step(cold, state)[0], a0)
-        a5, s5 = drawn.step(controls, state)
-        assert torch.equal(s5["h"], nxt["h"]) and not torch.allclose(a5, audio)
+        assert drawn.stream_meta().control("grain").default == 1.0
+        no_grain = {k: v for k, v in controls.items() if k != "grain"}
+        assert torch.equal(drawn.step(no_grain, state)[0], a5)
     clip = model.generate(0.1, batch=2, seed=3)
     assert clip.shape == (2, 1, 1600) and torch.isfinite(clip).all()
     assert torch.equal(clip, model.generate(0.1, batch=2, seed=3))
@@ -180,7 +189,7 @@ def test_exports_through_the_pipeline_and_onnxruntime_matches_torch(piano, tmp_p
     runtime vs torch, closed loop, each side feeding back its own state, batch 2."""
     model = tiny_model(piano).eval()
     result = export_model(model, tmp_path / "vrnn.onnx")
-    assert result.meta.input_names() == ["temperature", "z_offset", "eps_z", "eps_x", "state.h"]
+    assert result.meta.input_names() == ["temperature", "z_offset", "grain", "eps_z", "eps_x", "state.h"]
     assert result.meta.output_names() == ["audio", "next_state.h"]
     assert result.meta.extra["data_std"] == pytest.approx(float(piano.std()))
     report = verify_export(model, result.path, calls=40, batch=2)

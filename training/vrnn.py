@@ -13,9 +13,13 @@ Generation draws z_t from the prior, x_t from the decoder, and feeds x_t back in
 
 Streaming contract (see docs/DESIGN.md §1): state `h` [h_dim]; controls `temperature` (scales both sampling sigmas;
 0 = the means, which is what the original implementation plays), `z_offset` [z_dim] (added to z: the performer's
-latent knobs), `eps_z` and `eps_x` (standard normal noise, drawn by the runtime). One `step` = `frames_per_step`
-frames, audio [B, 1, frames_per_step * frame] in [-1, 1]. As in the thesis, the frame fed back is drawn from the
-decoder while the decoder mean is played (`play_mean`), so eps_x shapes where the stream goes, not added hiss.
+latent knobs), `grain` (the fraction of the decoder's sigma that is heard: 0 plays the decoder mean, 1 the drawn
+frame), `eps_z` and `eps_x` (standard normal noise, drawn by the runtime). One `step` = `frames_per_step` frames,
+audio [B, 1, frames_per_step * frame] in [-1, 1]. As in the thesis, the frame fed back is always the one drawn from
+the decoder, and by default the decoder mean is played (`play_mean`: grain defaults to 0; without it, to 1), so
+eps_x shapes where the stream goes, not added hiss. The mean of an uncertain decoder is quiet (it averages over
+what the frame might be: vrnn-piano at 4,909 steps plays 20 dB below its data); grain lets the performer bring the
+drawn detail back, at the price of the decoder's per-sample noise.
 """
 from __future__ import annotations
 
@@ -58,7 +62,8 @@ class VRNNConfig:
     min_std: float = 1e-3  # floor on every predicted sigma (normalised units): keeps the NLL finite
     frames_per_step: int = 1  # frames generated per `step` call (k > 1 unrolls k frames into one graph)
     # Play the decoder mean and feed the drawn sample back (the thesis, after the original implementation), or
-    # play the drawn sample itself (adds the decoder's sigma as broadband noise to what is heard).
+    # play the drawn sample itself (adds the decoder's sigma as broadband noise to what is heard): the default of
+    # the `grain` control (0 or 1), which the performer moves in between.
     play_mean: bool = True
 
 
@@ -226,6 +231,8 @@ class Model(StreamingModel):
                         doc="scales the prior's and the decoder's sigma; 0 plays the means"),
             ControlSpec("z_offset", [c.z_dim], "latent_offset", -3.0, 3.0, 0.0,
                         doc="added to every z drawn from the prior (units of the latent space)"),
+            ControlSpec("grain", [], "grain", 0.0, 1.0, self.default_grain,
+                        doc="fraction of the decoder's sigma heard: 0 plays the decoder mean, 1 the drawn frame"),
             ControlSpec("eps_z", eps_z_shape, "noise", -4.0, 4.0, 0.0, distribution="normal",
                         doc="standard normal noise for z, one row per frame"),
             ControlSpec("eps_x", [self.block_size], "noise", -4.0, 4.0, 0.0, distribution="normal",
@@ -237,20 +244,25 @@ class Model(StreamingModel):
             extra={"data_mean": float(self.data_mean), "data_std": float(self.data_std)},
         )
 
+    @property
+    def default_grain(self) -> float:
+        return 0.0 if self.config.play_mean else 1.0
+
     def initial_state(self, batch: int) -> State:
         return {"h": torch.zeros(batch, self.config.h_dim, device=self.data_std.device)}
 
-    def _generate_frame(self, h, temperature, z_offset, eps_z, eps_x):
+    def _generate_frame(self, h, temperature, z_offset, grain, eps_z, eps_x):
         mp, sp = self.prior(self.phi_prior(h))
         z = mp + temperature * sp * eps_z + z_offset
         fz = self.phi_z(z)
         mx, sx = self.dec(self.phi_dec(torch.cat([fz, h], dim=-1)))
         # The recurrence is driven by a frame drawn from the decoder, clipped to the audio range so that it only
-        # ever sees audio-like input; what is played is that frame or the decoder mean (config.play_mean).
-        drawn = torch.clamp((mx + temperature * sx * eps_x) * self.data_std + self.data_mean, -1.0, 1.0)
+        # ever sees audio-like input; what is played is the mean plus `grain` of the same draw (1: that frame).
+        noise = temperature * sx * eps_x
+        drawn = torch.clamp((mx + noise) * self.data_std + self.data_mean, -1.0, 1.0)
         fx = self.phi_x((drawn - self.data_mean) / self.data_std)
         h_next = self.rnn(torch.cat([fx, fz], dim=-1), h)
-        audio = torch.clamp(mx * self.data_std + self.data_mean, -1.0, 1.0) if self.config.play_mean else drawn
+        audio = torch.clamp((mx + grain * noise) * self.data_std + self.data_mean, -1.0, 1.0)
         return audio, h_next
 
     def step(self, controls: Controls, state: State) -> tuple[torch.Tensor, State]:
@@ -258,12 +270,15 @@ class Model(StreamingModel):
         k = c.frames_per_step
         temperature = controls["temperature"].reshape(-1, 1)
         z_offset = controls["z_offset"]
+        # a caller of the torch model may leave grain out (the contract's default); the graph always has it
+        grain = controls["grain"].reshape(-1, 1) if "grain" in controls else \
+            torch.full_like(temperature, self.default_grain)
         eps_z = controls["eps_z"].reshape(-1, k, c.z_dim)
         eps_x = controls["eps_x"].reshape(-1, k, c.frame)
         h = state["h"]
         frames = []
         for i in range(k):  # unrolled at trace time: k is a config constant
-            audio, h = self._generate_frame(h, temperature, z_offset, eps_z[:, i], eps_x[:, i])
+            audio, h = self._generate_frame(h, temperature, z_offset, grain, eps_z[:, i], eps_x[:, i])
             frames.append(audio)
         audio = torch.cat(frames, dim=-1).unsqueeze(1)
         return audio, {"h": h}

@@ -25,7 +25,7 @@
 #endif
 
 #define VN_MAX_LAYERS 8
-#define VN_ABI_VERSION 1
+#define VN_ABI_VERSION 2
 #define VN_X_STEPS 8191.f
 #define VN_PREFETCH_BYTES 4096 /* how far ahead of the tile in use the next weights are requested (measured) */
 
@@ -39,7 +39,7 @@ typedef struct {
 } vn_linear;
 
 typedef struct {
-    int frame, h_dim, z_dim, n_layers, play_mean;
+    int frame, h_dim, z_dim, n_layers;
     float data_mean, data_std, min_std;
     vn_linear prior[VN_MAX_LAYERS], prior_mean, prior_std;     /* phi_prior (ReLU layers) and the prior's head */
     vn_linear phi_z;                                           /* one ReLU layer */
@@ -167,10 +167,11 @@ static float *vn_mlp(const vn_linear *layers, int n, const float *in, float *a, 
  *   h            GRU state [h_dim], updated in place
  *   temperature  scales both sampling sigmas (>= 0)
  *   z_offset     [z_dim] added to z;  eps_z [z_dim], eps_x [frame]: standard normal noise
+ *   grain        the fraction of the decoder's draw that is heard (0: its mean, 1: the drawn frame)
  *   audio        [frame] output
  *   work         vn_workspace_floats(m) floats, 64-byte aligned
  * Returns 0, or -1 if the model description is unusable. */
-int vn_step(const vn_model *m, float *h, float temperature, const float *z_offset, const float *eps_z,
+int vn_step(const vn_model *m, float *h, float temperature, const float *z_offset, float grain, const float *eps_z,
             const float *eps_x, float *audio, float *work) {
     if (m->n_layers < 1 || m->n_layers > VN_MAX_LAYERS || m->frame < 1 || m->h_dim < 1 || m->z_dim < 1)
         return -1;
@@ -198,12 +199,13 @@ int vn_step(const vn_model *m, float *h, float temperature, const float *z_offse
     vn_apply(&m->dec_mean, dh, mx, 0);
     vn_apply(&m->dec_std, dh, sx, 0);
 
-    /* the drawn frame drives the recurrence; the mean or the drawn frame is played */
+    /* the drawn frame drives the recurrence; the mean plus `grain` of the same draw is played */
     const float mean = m->data_mean, std = m->data_std;
     for (int i = 0; i < F; i++) {
-        float drawn = vn_clamp1((mx[i] + temperature * vn_sigma(sx[i], m->min_std) * eps_x[i]) * std + mean);
+        float noise = temperature * vn_sigma(sx[i], m->min_std) * eps_x[i];
+        float drawn = vn_clamp1((mx[i] + noise) * std + mean);
         xin[i] = (drawn - mean) / std;
-        audio[i] = m->play_mean ? vn_clamp1(mx[i] * std + mean) : drawn;
+        audio[i] = vn_clamp1((mx[i] + grain * noise) * std + mean);
     }
     float *fx = vn_mlp(m->phi_x, m->n_layers, xin, a, b);
 

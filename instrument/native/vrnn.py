@@ -2,7 +2,7 @@
 
     net = NativeVRNN("model.native.npz")                # written by export/native_weights.py (vrnn_native_arrays)
     state = net.initial_state(batch)                    # {"h": [B, h_dim]}, as the ONNX graph's state
-    audio, state = net.step(controls, state)            # controls: temperature, z_offset, eps_z, eps_x
+    audio, state = net.step(controls, state)            # controls: temperature, z_offset, grain, eps_z, eps_x
 
 or as the runtime's second executor (instrument/native/runtime.py, RuntimeModel's interface):
 
@@ -26,7 +26,7 @@ from instrument.native.runtime import NativeRuntimeModel
 from instrument.native.samplernn import aligned_copy, aligned_zeros
 
 MAX_LAYERS = 8
-ABI_VERSION = 1
+ABI_VERSION = 2
 FORMAT_VERSION = 1
 KIND = "vrnn"  # the file's `kind` array: a SampleRNN file has none
 
@@ -39,7 +39,6 @@ class _Linear(ctypes.Structure):
 class _Model(ctypes.Structure):
     _fields_ = [
         ("frame", ctypes.c_int), ("h_dim", ctypes.c_int), ("z_dim", ctypes.c_int), ("n_layers", ctypes.c_int),
-        ("play_mean", ctypes.c_int),
         ("data_mean", ctypes.c_float), ("data_std", ctypes.c_float), ("min_std", ctypes.c_float),
         ("prior", _Linear * MAX_LAYERS), ("prior_mean", _Linear), ("prior_std", _Linear),
         ("phi_z", _Linear),
@@ -90,7 +89,7 @@ def load_library() -> ctypes.CDLL:
     lib = build.load("the native VRNN step", "vn_abi_version", ABI_VERSION)
     lib.vn_workspace_floats.argtypes = [ctypes.POINTER(_Model)]
     lib.vn_workspace_floats.restype = ctypes.c_size_t
-    lib.vn_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
+    lib.vn_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_float,
                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.vn_step.restype = ctypes.c_int
     _LIB = lib
@@ -177,7 +176,8 @@ class NativeVRNN:
             raise UserError(f"{path}: the native weights header describes an unsupported model.")
         if not (np.isfinite([data_mean, data_std, min_std]).all() and data_std > 0):
             raise UserError(f"{path}: the native weights carry unusable data statistics.")
-        m = _Model(frame=frame, h_dim=h_dim, z_dim=z_dim, n_layers=n_layers, play_mean=play_mean,
+        self.default_grain = 0.0 if play_mean else 1.0  # the torch model's rule, for callers that leave grain out
+        m = _Model(frame=frame, h_dim=h_dim, z_dim=z_dim, n_layers=n_layers,
                    data_mean=data_mean, data_std=data_std, min_std=min_std)
         widths = {"x_feat_dim": x_feat, "z_feat_dim": z_feat, "dec_dim": dec, "prior_dim": prior}
         for name, (rows, cols, bias) in layer_shapes(frame, h_dim, z_dim, n_layers, widths).items():
@@ -193,14 +193,14 @@ class NativeVRNN:
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         return {"h": np.zeros((batch, self._m.h_dim), np.float32)}
 
-    def _call(self, h: np.ndarray, temperature: float, z_offset: np.ndarray, eps_z: np.ndarray,
+    def _call(self, h: np.ndarray, temperature: float, z_offset: np.ndarray, grain: float, eps_z: np.ndarray,
               eps_x: np.ndarray, audio: np.ndarray) -> None:
         """One call (frames_per_call frames) of one stream; every array float32 C-contiguous, h updated in place."""
         frame, z = self._m.frame, self._m.z_dim
         zo, ez, ex, out = z_offset.ctypes.data, eps_z.ctypes.data, eps_x.ctypes.data, audio.ctypes.data
         for i in range(self.frames_per_call):
-            rc = self._lib.vn_step(self._mref, h.ctypes.data, temperature, zo, ez + 4 * i * z, ex + 4 * i * frame,
-                                   out + 4 * i * frame, self._work.ctypes.data)
+            rc = self._lib.vn_step(self._mref, h.ctypes.data, temperature, zo, grain, ez + 4 * i * z,
+                                   ex + 4 * i * frame, out + 4 * i * frame, self._work.ctypes.data)
             if rc != 0:
                 raise UserError(f"{self.path}: the native step refused the model description.")
 
@@ -216,11 +216,14 @@ class NativeVRNN:
         eps_z = arr("eps_z").reshape(batch, -1)
         z_offset = np.ascontiguousarray(np.broadcast_to(arr("z_offset"), (batch, self._m.z_dim)))
         temperature = np.broadcast_to(arr("temperature").reshape(-1), (batch,))
+        grain = np.broadcast_to(arr("grain").reshape(-1) if "grain" in controls else np.float32(self.default_grain),
+                                (batch,))
         h = np.array(state["h"], np.float32, copy=True)
         audio = np.zeros((batch, 1, self.block_size), np.float32)
         for b in range(batch):
             self._scratch_h[:] = h[b]
-            self._call(self._scratch_h, float(temperature[b]), z_offset[b], eps_z[b], eps_x[b], audio[b, 0])
+            self._call(self._scratch_h, float(temperature[b]), z_offset[b], float(grain[b]), eps_z[b], eps_x[b],
+                       audio[b, 0])
             h[b] = self._scratch_h
         return audio, {"h": h}
 
@@ -233,7 +236,8 @@ class NativeVRNN:
 
     def run(self, controls: dict[str, np.ndarray], out: np.ndarray) -> None:
         """One call of stream 0 from the runtime's [1, ...] control arrays (float32, C-contiguous) into out."""
-        self._call(self._h, float(controls["temperature"][0]), controls["z_offset"][0], controls["eps_z"][0],
+        grain = float(controls["grain"][0]) if "grain" in controls else self.default_grain
+        self._call(self._h, float(controls["temperature"][0]), controls["z_offset"][0], grain, controls["eps_z"][0],
                    controls["eps_x"][0], out)
 
 
