@@ -165,3 +165,14 @@ def test_cycle_counter_ignores_a_late_reading_and_follows_a_real_skip():
         seen.append(c.next(frame + 128, 128))
     assert seen[0] == 1384 + 128 and seen[-1] == frame + 128
     assert c.next(frame, 128) == frame  # never ahead of the server
+
+
+def test_rtf_times_the_native_vrnn_step_beside_the_graph(tmp_path):
+    """`neuralinst bench rtf --weights native-int8` (short form): the native step is timed in the same rounds as
+    the graph, with its per-call error against the float32 torch model."""
+    from benchmarks.rtf import measure_config
+
+    row = measure_config("vrnn-tiny", 0.2, 1, [1], tmp_path, ("native-int8",))
+    native = row["weights"]["native-int8"]
+    assert native["onnx_rtf"] > 0 and native["over_fp32"] > 0 and native["products"] > 0
+    assert 0 < native["audio_rel_rms"] < 0.05 and 0 < native["state_rel_rms"] < 0.05
