@@ -55,7 +55,7 @@ def _preset_rows(args) -> list[dict]:
                "card_score": (card or {}).get("score")}
         try:
             reference, floor, ref_sr, _ = ev.load_reference(data, seconds, seed)
-            audio, sr, _ = ev.render_model(preset.model_path, seconds, seed)
+            audio, sr, _ = ev.render_model(preset.model_path, seconds, seed, defaults=preset.defaults)
             result = ev.evaluate_audio(audio, reference, sr, floor=floor, reference_sr=ref_sr, seed=seed,
                                        seconds=seconds)
             row.update(score=result.score, score_timbre=result.score_timbre, score_dynamics=result.score_dynamics,

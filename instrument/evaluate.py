@@ -485,9 +485,11 @@ def resolve_model_path(model: str) -> Path:
     return Path(load_preset(model).model_path)
 
 
-def render_model(model: str | Path, seconds: float, seed: int = 0) -> tuple[np.ndarray, int, dict[str, Any]]:
+def render_model(model: str | Path, seconds: float, seed: int = 0,
+                 defaults: dict[str, float] | None = None) -> tuple[np.ndarray, int, dict[str, Any]]:
     """`seconds` of a model's output (float32 [C, n]) through the live runtime, and a description. A preset plays
-    with its defaults for the model's controls (temperature, grain), as `neuralinst play` starts it.
+    with its defaults for the model's controls (temperature, grain), as `neuralinst play` starts it (`defaults`:
+    those to use instead, e.g. a preset's when `model` is its .onnx file).
     Streaming models: `generate(n)`. WaveGAN (one-shot clips): clips with random z from the latent's range
     (uniform, the prior it is trained with), joined end to end."""
     from instrument.model import load_model
@@ -496,10 +498,11 @@ def render_model(model: str | Path, seconds: float, seed: int = 0) -> tuple[np.n
 
     path = resolve_model_path(str(model))
     rt = load_model(path, device="cpu", threads=1, batch=1)
-    if path != Path(str(model)).expanduser():  # a preset: its defaults are the sound it plays (temperature, grain)
+    if defaults is None and path != Path(str(model)).expanduser():  # a preset: its defaults are its sound
         from instrument.presets import load_preset
 
-        apply_role_defaults(rt, load_preset(str(model)).defaults)
+        defaults = load_preset(str(model)).defaults
+    apply_role_defaults(rt, defaults or {})
     meta = rt.meta
     n = int(seconds * meta.sample_rate)
     rt.reset(seed)

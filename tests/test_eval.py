@@ -322,7 +322,8 @@ def test_bench_quality_reproduces_the_card_and_flags_a_changed_one(tmp_path, cap
     folder = shipped / "vrnn-test"
     folder.mkdir(parents=True)
     shutil.copy(vrnn_onnx, folder / "model.onnx")
-    (folder / "preset.toml").write_text('name = "vrnn-test"\n')
+    # defaults that set the model's controls: the card and the bench must both render the preset's own sound
+    (folder / "preset.toml").write_text('name = "vrnn-test"\n\n[defaults]\ngrain = 0.5\ntemperature = 0.8\n')
     monkeypatch.setenv("NEURALINST_SHIPPED_PRESETS", str(shipped))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no user presets shadow it
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
