@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.weights != "fp32" and (args.fp16 or getattr(model, "kind", "") == "samplernn"):
         raise UserError("--weights int8/int4 applies to float32 VRNN and WaveGAN exports (not --fp16, not SampleRNN: "
                         "a rounding change moves which level SampleRNN draws).")
+    if args.native_int8 and args.weights != "fp32":  # the npz is paired with the graph it was written beside
+        raise UserError("choose --native-int8 or --weights, not both: the native step has int8 products of its own.")
     if args.native_half and kind != "samplernn":
         raise UserError("--native-half applies to SampleRNN models.")
     if (args.native_half or args.native_int8) and not native:

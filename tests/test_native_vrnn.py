@@ -138,6 +138,8 @@ def test_export_writes_verified_native_weights_that_the_runtime_prefers(tmp_path
     # batch 2 through the dict-in/dict-out step
     two = load_model(out, device="cpu", batch=2)
     assert two.backend == "native" and two.generate_batch(400).shape == (2, 1, 400)
+    with pytest.raises(UserError, match="not both"):
+        run(parser.parse_args([str(tmp_path / "run"), "--out", str(out), "--native-int8", "--weights", "int8"]))
     # --native-half is SampleRNN's alone
     with pytest.raises(UserError, match="--native-half applies to SampleRNN"):
         run(parser.parse_args([str(tmp_path / "run"), "--out", str(out), "--native-half"]))

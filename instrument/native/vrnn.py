@@ -126,17 +126,16 @@ class NativeVRNN:
         if self.frames_per_call * m.frame != self.meta.block_size or self.meta.kind != KIND:
             raise UserError(f"{path}: its metadata does not describe a VRNN of {m.frame}-sample frames.")
         self.block_size = self.meta.block_size
-        self.int8_products = sum(1 for name in self._names(m.n_layers) if f"{name}.scale" in arrays)
+        self.int8_products = sum(1 for lin in self._linears() if lin.int8)
         self._h = aligned_zeros(m.h_dim)  # the hot path's own stream
         self._scratch_h = aligned_zeros(m.h_dim)
         self._work = aligned_zeros(self._lib.vn_workspace_floats(ctypes.byref(m)))
         self._mref = ctypes.byref(m)
 
-    @staticmethod
-    def _names(n_layers: int) -> list[str]:
-        return ([f"prior{l}" for l in range(n_layers)] + ["prior_mean", "prior_std", "phi_z", "dec_z", "dec_h"]
-                + [f"dec{l}" for l in range(1, n_layers)] + ["dec_mean", "dec_std"]
-                + [f"phi_x{l}" for l in range(n_layers)] + ["gru_x", "gru_z", "gru_h"])
+    def _linears(self) -> list[_Linear]:
+        m = self._m
+        return [getattr(m, f[0]) for f in _Model._fields_ if f[1] is _Linear] + \
+            [layer for f in ("prior", "dec", "phi_x") for layer in getattr(m, f)[:m.n_layers] if layer.rows]
 
     def _vector(self, arrays, name, n, path) -> np.ndarray:
         a = arrays.get(name)
