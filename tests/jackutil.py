@@ -164,3 +164,34 @@ def find_segment(haystack: np.ndarray, needle: np.ndarray) -> int:
     size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
     corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
     return int(np.argmax(corr))
+
+
+# A controller in its own process (tests/midi_controller.py), as on a stage. In this process it would be a second
+# JACK client beside the input under test, and whichever of the two opens with python-rtmidi keeps the GIL while
+# libjack opens it; the server finishes an open only at the end of the cycle in progress, which waits for the other
+# client's Python process callback to get that GIL: the open times out ("JACK server not running?"). Seen both ways
+# round in fresh-clone CI runs; the product itself opens MIDI on JACK with JACK-Client only (instrument/midi.py).
+class ControllerPort:
+    """A JACK MIDI output `name:out`, owned by a child process that sends what `send_message` hands it."""
+
+    def __init__(self, name: str):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        script = Path(__file__).with_name("midi_controller.py")
+        self.proc = subprocess.Popen([sys.executable, str(script), name], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline().strip()
+        if ready != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the controller process for {name!r} did not start ({ready!r})")
+
+    def send_message(self, message) -> None:
+        self.proc.stdin.write(" ".join(str(int(b)) for b in message) + "\n")
+        self.proc.stdin.flush()
+
+    def delete(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # the child closes its client: the port vanishes, as when a cable is pulled
+            self.proc.wait(timeout=10)

@@ -10,6 +10,7 @@ from instrument.jack_midi import JackMidiInput
 from instrument.midi import FLOOD_LIMIT, MidiInput, MidiMessage, MidiParser, open_midi
 from instrument.params import ParamSpec
 from jackserver import wait_for
+from jackutil import ControllerPort
 
 SPECS = [ParamSpec("temperature", 0.0, 2.0, 1.0), ParamSpec("latent.0", -1.0, 1.0, 0.0),
          ParamSpec("volume", 0.0, 1.0, 0.8), ParamSpec("filter.cutoff", 40.0, 20000.0, 20000.0, "Hz", "log")]
@@ -161,14 +162,11 @@ def test_midi_learn_binds_the_next_cc_and_then_takes_over_softly():
 # --- real ports (JACK) --------------------------------------------------------------------------------------------
 @pytest.fixture
 def sender(jack_server):
-    """make(name) -> a real rtmidi JACK output port `name:out`; make.unplug(out) deletes it (once: twice crashes)."""
-    import rtmidi
-
+    """make(name) -> a real JACK MIDI output port `name:out` (ControllerPort); make.unplug(out) removes it."""
     outs = []
 
     def make_sender(name="keys"):
-        out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
-        out.open_virtual_port("out")
+        out = ControllerPort(name)
         outs.append(out)
         return out
 
@@ -183,8 +181,9 @@ def sender(jack_server):
 
 
 def send(out, *messages):
-    """Send with a pause longer than a JACK period between messages: rtmidi's JACK output can hand the receiver
-    the same bytes twice when two messages are queued within one period (seen here with python-rtmidi 1.5.8)."""
+    """Send with a pause longer than a JACK period between messages (one message per cycle, as a player's hand
+    would; python-rtmidi's JACK output, used here before, could hand the receiver the same bytes twice when two
+    messages were queued within one period)."""
     for m in messages:
         out.send_message(m)
         time.sleep(0.01)

@@ -178,11 +178,10 @@ def test_play_in_a_real_terminal_with_tmux(jack_server, presets_env, shipped):
     def screen():
         return tmux("capture-pane", "-p", "-t", session).stdout
 
-    import rtmidi
+    from jackutil import ControllerPort
 
     env["PYTHONPATH"] = str(ROOT)
-    keys = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="tmux-keys")  # a controller already plugged in
-    keys.open_virtual_port("out")
+    keys = ControllerPort("tmux-keys")  # a controller already plugged in
     tmux("new-session", "-d", "-x", "120", "-y", "40", "-s", session, cmd)
     try:
         assert wait_for(lambda: "tiny-a" in screen() and "Parameters" in screen(), 60), screen()
