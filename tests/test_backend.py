@@ -227,10 +227,10 @@ def test_native_half_and_no_native_exports(tmp_path, capsys):
 @pytest.mark.parametrize("compiler", ["missing", "failing"])
 def test_no_compiler_or_a_failed_build_falls_back_or_is_one_sentence(compiler, exported, tmp_path, monkeypatch):
     """A machine whose C loop cannot be built: auto plays the graph and says why; native is refused."""
-    from instrument.native import build, samplernn
+    from instrument.native import build
 
-    monkeypatch.setattr(build, "LIBRARY", tmp_path / "_samplernn.so")  # not built here yet
-    monkeypatch.setattr(samplernn, "_LIB", None)  # forget the library this process already loaded
+    monkeypatch.setattr(build, "LIBRARY", tmp_path / "_native.so")  # not built here yet
+    monkeypatch.setattr(build, "_LOADED", {})  # forget the library this process already loaded
     if compiler == "missing":
         monkeypatch.delenv("CC", raising=False)
         monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang to be found

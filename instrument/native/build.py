@@ -51,9 +51,15 @@ def build(force: bool = False, quiet: bool = False) -> Path:
     return LIBRARY
 
 
-def load(what: str, abi_function: str, abi_version: int):
-    """The library as a ctypes.CDLL, built first if needed, with `abi_function()` == `abi_version` checked.
-    `what` names the loop in the one-sentence errors ("the native SampleRNN loop")."""
+_LOADED: dict = {}  # what -> the ctypes.CDLL already checked and described for it
+
+
+def load(what: str, abi_function: str, abi_version: int, signatures: dict):
+    """The library as a ctypes.CDLL, built first if needed, with `abi_function()` == `abi_version` checked and each
+    function in `signatures` (name -> (argtypes, restype)) described; cached per `what`, the loop's name in the
+    one-sentence errors ("the native SampleRNN loop")."""
+    if what in _LOADED:
+        return _LOADED[what]
     import ctypes
 
     from instrument.errors import UserError
@@ -67,6 +73,9 @@ def load(what: str, abi_function: str, abi_version: int):
     version.restype = ctypes.c_int
     if version() != abi_version:
         raise UserError(f"{path} is stale ({what}: ABI {version()}, expected {abi_version}); rebuild it.")
+    for name, (argtypes, restype) in signatures.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
+    _LOADED[what] = lib
     return lib
 
 

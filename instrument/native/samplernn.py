@@ -89,23 +89,15 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q.reshape(w.shape), scale.reshape(w.shape[:-1])
 
 
-_LIB: ctypes.CDLL | None = None
-
-
 def load_library() -> ctypes.CDLL:
     """The compiled loop (built on first use if the source is newer or the library is missing)."""
-    global _LIB
-    if _LIB is not None:
-        return _LIB
     from instrument.native import build
 
-    lib = build.load("the native SampleRNN loop", "srnn_abi_version", ABI_VERSION)
-    lib.srnn_workspace_floats.argtypes = [ctypes.POINTER(_Model)]
-    lib.srnn_workspace_floats.restype = ctypes.c_size_t
-    lib.srnn_frame.argtypes = [ctypes.POINTER(_Model), _FP, _FP, _FP, _FP, ctypes.c_float, _IP, _FP, _FP, _IP, _FP]
-    lib.srnn_frame.restype = ctypes.c_int
-    _LIB = lib
-    return lib
+    return build.load("the native SampleRNN loop", "srnn_abi_version", ABI_VERSION, {
+        "srnn_workspace_floats": ([ctypes.POINTER(_Model)], ctypes.c_size_t),
+        "srnn_frame": ([ctypes.POINTER(_Model), _FP, _FP, _FP, _FP, ctypes.c_float, _IP, _FP, _FP, _IP, _FP],
+                       ctypes.c_int),
+    })
 
 
 def _ptr(a: np.ndarray | None, kind=_FP):

@@ -76,24 +76,15 @@ def pack_tiles(q: np.ndarray) -> np.ndarray:
     return aligned_copy(np.ascontiguousarray(padded.reshape(rp // 4, 4, cp // 16, 16).transpose(0, 2, 1, 3)))
 
 
-_LIB: ctypes.CDLL | None = None
-
-
 def load_library() -> ctypes.CDLL:
     """The compiled step (built on first use if a source is newer or the library is missing)."""
-    global _LIB
-    if _LIB is not None:
-        return _LIB
     from instrument.native import build
 
-    lib = build.load("the native VRNN step", "vn_abi_version", ABI_VERSION)
-    lib.vn_workspace_floats.argtypes = [ctypes.POINTER(_Model)]
-    lib.vn_workspace_floats.restype = ctypes.c_size_t
-    lib.vn_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_float,
-                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    lib.vn_step.restype = ctypes.c_int
-    _LIB = lib
-    return lib
+    return build.load("the native VRNN step", "vn_abi_version", ABI_VERSION, {
+        "vn_workspace_floats": ([ctypes.POINTER(_Model)], ctypes.c_size_t),
+        "vn_step": ([ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_float,
+                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int),
+    })
 
 
 def is_vrnn_weights(arrays) -> bool:
