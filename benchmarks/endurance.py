@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import inspect
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from instrument.errors import UserError
 
 CC_SWEEPS = (21, 25, 26, 27, 70, 71, 72, 73)  # temperature, filter.cutoff, delay/reverb send, latent.0-3
 NOTE_EVERY = 0.25
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 SAMPLE_EVERY = 1.0
 
 
@@ -81,6 +84,8 @@ def start_hog(core: int | None) -> subprocess.Popen | None:
 
     def pin():
         os.sched_setaffinity(0, {core})
+        # Die with the benchmark: a hog orphaned by a killed run would go on eating the core for good.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -152,6 +152,10 @@ class EffectsChain:
             self.reverb.damp = min(max(v, 0.0), 1.0)
         return True
 
+    def settings(self) -> dict[str, float]:
+        """Every setting by the names `set` takes: a new chain built from them sounds as this one is set."""
+        return {**self.values, **{f"fx.{fx}.bypass": on for fx, on in self.bypass.items()}}
+
     def _update_wet(self) -> None:
         if self.sig["delay"].value > 0.0 or self.sig["reverb"].value > 0.0:
             self.wet_silent_after = None

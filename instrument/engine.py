@@ -15,6 +15,7 @@ See docs/DESIGN.md §4 for the API.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import threading
 import time
@@ -65,6 +66,9 @@ class EngineConfig:
     realtime: str = "auto"  # producer SCHED_FIFO: auto (when the audio thread is real-time) | on | off
 
 
+_INFINITIES = (math.inf, -math.inf)
+
+
 @dataclass
 class EngineStats:
     blocks: int = 0  # audio callbacks run
@@ -91,6 +95,10 @@ class EngineStats:
     dropped_record_frames: int = 0
     cued_resets: int = 0  # stream resets played sample-exactly from a pre-rendered take (instrument/cue.py)
     late_cues: int = 0  # of those, continuations the producer placed late (0 by construction; counted, not assumed)
+    # Blocks that carried a NaN and were repaired before they left (a clip ±1 cannot catch NaN): counted where it was
+    # caught, the effects chain's output (the chain is then rebuilt, its settings kept) or the callback's mix.
+    nonfinite_effects_blocks: int = 0
+    nonfinite_output_blocks: int = 0
     audio_sched: str = ""  # how the audio callback thread is scheduled ("FIFO 69", "nice -10"; "" before it ran)
     producer_sched: str = ""  # how the producer thread is scheduled
     realtime_refused: str | None = None  # why the producer did not get SCHED_FIFO when it asked
@@ -169,6 +177,7 @@ class Engine:
 
     def stats_reset(self) -> None:
         self._blocks = self._underruns = self._xruns = self._server_underruns = 0
+        self._nonfinite_fx = self._nonfinite_out = 0
         self._last_xrun_block = -(10 ** 9)
         self._fill_sum = 0
         self._peak = 0.0
@@ -448,6 +457,7 @@ class Engine:
             getattr(self, "_dropped_record", 0),
             cued_resets=prog.cue.switches if prog and prog.cue else 0,
             late_cues=prog.cue.late if prog and prog.cue else 0,
+            nonfinite_effects_blocks=self._nonfinite_fx, nonfinite_output_blocks=self._nonfinite_out,
             audio_sched=str(self._audio_policy) if getattr(self, "_audio_policy", None) else "",
             producer_sched=str(self._producer_policy) if getattr(self, "_producer_policy", None) else "",
             realtime_refused=getattr(self, "_realtime_refused", None),
@@ -507,8 +517,18 @@ class Engine:
         else:
             self._volume.ramp(B)
         self._effects.process(x, voices, self._outbuf)
+        if not math.isfinite(self._outbuf.sum()):  # NaN (the chain clips ±inf): never let it reach the ring
+            self._repair_effects()
         self._ring.write(self._outbuf)
         self._work_seconds += time.perf_counter() - t0
+
+    def _repair_effects(self) -> None:
+        """The chain put out a NaN: silence the block and rebuild the chain with the same settings. A NaN inside
+        pyo's filters, delay or reverb would otherwise recirculate there for good (a silent instrument)."""
+        self._outbuf.fill(0.0)
+        self._nonfinite_fx += 1
+        fx = self._effects
+        self._effects = EffectsChain(fx.sr, fx.block, fx.channels, fx.settings())
 
     def _crossfade(self, x_new: np.ndarray | None, B: int) -> np.ndarray:
         old, done, total = self._fading
@@ -591,10 +611,18 @@ class Engine:
             self._voice_gain_now = g1
         elif g1 != 1.0:
             np.multiply(vb, g1, out=vb)
+        vs = float(vb.sum())
+        if vs != vs or vs in _INFINITIES:  # a NaN/inf voice: repaired here, before it reaches the effects' send
+            np.nan_to_num(vb, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+            self._nonfinite_out += 1
         self._send.write(vb[:got])  # as many frames as the ring gave: keeps ring + send depth constant
         np.add(outdata, vb, out=outdata)
         np.clip(outdata, -1.0, 1.0, out=outdata)  # the last guarantee: nothing beyond ±1 leaves the engine
         peak = max(float(outdata.max()), -float(outdata.min()))
+        if peak != peak:  # a NaN got through (np.clip keeps NaN): the rare path may allocate
+            np.nan_to_num(outdata, copy=False, nan=0.0)
+            self._nonfinite_out += 1
+            peak = max(float(outdata.max()), -float(outdata.min()))
         self._level = peak  # the last block's peak, for level meters
         if peak > self._peak:
             self._peak = peak

@@ -192,6 +192,12 @@ class ControllerPort:
         self.proc.stdin.flush()
 
     def delete(self) -> None:
+        import subprocess
+
         if self.proc.poll() is None:
             self.proc.stdin.close()  # the child closes its client: the port vanishes, as when a cable is pulled
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a starved server can hold the client's close: never leave it behind
+                self.proc.kill()
+                self.proc.wait()

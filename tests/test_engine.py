@@ -152,6 +152,65 @@ def test_effects_are_transparent_when_open_limit_and_bypass():
     assert np.abs(run(None, x)[-2000:]).max() == 0.0
 
 
+def test_one_nan_poisons_the_effects_chain_for_good_and_a_chain_rebuilt_from_its_settings_is_clean():
+    """Why the engine rebuilds the chain on a NaN: pyo's filters, delay and reverb recirculate it forever."""
+    fx = EffectsChain(48000, 128, 2)
+    fx.set("reverb.send", 0.3)
+    fx.set("fx.delay.bypass", 1.0)
+    out = np.zeros((128, 2), np.float32)
+    x = np.full((128, 2), 0.1, np.float32)
+    x[5, 0] = np.nan
+    fx.process(x, None, out)
+    for _ in range(20):
+        assert np.isnan(fx.process(np.zeros((128, 2), np.float32), None, out)[:, 0]).all()  # its channel
+    settings = fx.settings()
+    assert settings["reverb.send"] == 0.3 and settings["fx.delay.bypass"] == 1.0
+    again = EffectsChain(48000, 128, 2, settings)
+    assert again.settings() == settings
+    y = np.concatenate([again.process(np.full((128, 2), 0.1, np.float32), None, out).copy() for _ in range(20)])
+    assert np.isfinite(y).all() and np.abs(y[-128:] - 0.1).max() < 0.02  # the stream, plus a little reverb
+
+
+def test_a_nan_never_leaves_the_engine_and_the_instrument_plays_on(models, tmp_path):
+    """A NaN from anywhere (here: one sample of a one-shot clip, and one block into the effects chain) is
+    repaired before the output and the recording; the poisoned chain is rebuilt, so later notes still sound."""
+    take = tmp_path / "take.wav"
+    with Engine(EngineConfig(output="none")) as e:
+        e.start(str(models["wavegan"]), record=str(take))
+        e.post(ev.param("reverb.send", 0.4))
+        cache = e._program.cache
+        clean = list(cache.pitched)
+        bad = clean[60].copy()
+        bad[100, 0] = np.nan  # one bad sample near the start of the clip
+        cache.pitched = [None if c is None else bad for c in clean]
+        e.post(ev.note_on(60, 1.0))
+        assert wait_for(lambda: e.stats().nonfinite_output_blocks >= 1, 5)
+        cache.pitched = clean
+        assert e.stats().nonfinite_effects_blocks == 0  # the voice bus was repaired before the effects' send
+        chain = e._effects
+        real = chain.process
+
+        def poisoned(x, voices, out):  # the next block the producer sends through the chain carries a NaN
+            chain.process = real
+            b = np.full((e.config.block, 2), 0.05, np.float32)
+            b[7, 1] = np.nan
+            return real(b, voices, out)
+
+        chain.process = poisoned
+        assert wait_for(lambda: e.stats().nonfinite_effects_blocks == 1, 5)
+        assert e._effects is not chain and e._effects.settings() == chain.settings()
+        assert e._effects.settings()["reverb.send"] == 0.4
+        time.sleep(0.2)
+        mark = e.stats().blocks
+        e.post(ev.note_on(64, 1.0))
+        time.sleep(0.5)
+        stats = e.stop()
+    assert stats.nonfinite_effects_blocks == 1  # rebuilt once: nothing recirculated in the new chain
+    audio, sr = sf.read(take, dtype="float32")
+    assert np.isfinite(audio).all()
+    assert np.abs(audio[mark * 128:]).max() > 0.05  # the note after both faults sounds
+
+
 def test_latent_knobs_map_by_role_on_fixed_orthonormal_directions():
     d = orthonormal_directions(100)
     np.testing.assert_allclose(d @ d.T, np.eye(8), atol=1e-5)

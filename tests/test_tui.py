@@ -127,7 +127,10 @@ def test_preset_list_switches_model_and_save_writes_a_user_preset(jack_server, p
                         break
                     await pilot.pause(0.05)
                 assert "temperature" in app.performance.bank.names
-                await pilot.pause(0.2)
+                for _ in range(100):  # the status line refreshes on its own timer
+                    if "vrnn" in str(app.query_one("#status").render()):
+                        break
+                    await pilot.pause(0.05)
                 assert "vrnn" in str(app.query_one("#status").render())
                 app.selected = app.performance.bank.names.index("temperature")
                 await pilot.press("right", "right")
