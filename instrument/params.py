@@ -34,11 +34,17 @@ class ParamSpec:
     doc: str = ""
 
     def clamp(self, value: float) -> float:
-        return min(max(float(value), self.minimum), self.maximum)
+        v = float(value)
+        if v != v:  # NaN passes min/max untouched (every comparison with it is false): it means "no value"
+            return self.default
+        return min(max(v, self.minimum), self.maximum)
 
     def from_unit(self, u: float) -> float:
         """A controller position 0..1 → a value in range."""
-        u = min(max(float(u), 0.0), 1.0)
+        u = float(u)
+        if u != u:
+            return self.default
+        u = min(max(u, 0.0), 1.0)
         if self.scale == "log":
             return self.minimum * (self.maximum / self.minimum) ** u
         return self.minimum + u * (self.maximum - self.minimum)

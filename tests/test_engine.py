@@ -200,6 +200,12 @@ def test_a_nan_never_leaves_the_engine_and_the_instrument_plays_on(models, tmp_p
         assert wait_for(lambda: e.stats().nonfinite_effects_blocks == 1, 5)
         assert e._effects is not chain and e._effects.settings() == chain.settings()
         assert e._effects.settings()["reverb.send"] == 0.4
+        volume = next(p for p in e.parameters() if p.name == "volume")
+        e.post(ev.param("volume", 0.5))
+        assert wait_for(lambda: e.get("volume") == 0.5, 5)
+        e.post(ev.param("volume", float("nan")))  # a value with no order: the parameter's default, not NaN
+        assert wait_for(lambda: e.get("volume") == volume.default, 5)
+        assert volume.from_unit(float("nan")) == volume.default
         time.sleep(0.2)
         mark = e.stats().blocks
         e.post(ev.note_on(64, 1.0))
