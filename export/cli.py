@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{checkpoint}: no such checkpoint or run folder.")
     # torch only now: argument mistakes are reported in a blink
     from export.onnx_export import ExportError, export_model
-    from export.verify import verify_export
+    from export.verify import verify_streaming
 
     try:
         from training.checkpoint import load_model
@@ -129,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
             device = "cuda"
-    report = verify_export(model, out, calls=args.verify_calls, device=device)
-    print(report.summary())
+    report, drift = verify_streaming(model, out, calls=args.verify_calls, device=device)
+    print(report.summary() + (f"; {drift}" if drift else ""))
     if not report.passed:
         out.unlink(missing_ok=True)
         raise UserError(f"the exported graph does not stream like the torch model ({report.failure}); "

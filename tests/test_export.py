@@ -105,6 +105,44 @@ def test_verify_catches_dropped_state(tmp_path):
     assert verify_export(forgetful, path, calls=10).passed  # the graph itself is a faithful trace
 
 
+def test_a_chaotic_recurrence_is_verified_call_by_call_and_a_wrong_graph_still_fails(tmp_path):
+    """A GRU made chaotic (recurrent weights ×6): the closed loop drifts past the tolerance within a few calls
+    though every call from torch's state matches to ~1e-6; `verify_streaming` accepts it and says so. A graph of
+    other weights, or one that drops its state, still fails."""
+    from export.verify import verify_streaming
+
+    def chaotic(seed):
+        torch.manual_seed(seed)
+        m = ToyGRU()
+        with torch.no_grad():
+            m.cell.weight_hh.mul_(6.0)
+            m.out.weight.mul_(3.0)
+        return m
+
+    model = chaotic(0)
+    path = export_model(model, tmp_path / "chaotic.onnx").path
+    closed = verify_export(model, path, calls=CALLS)
+    assert not closed.passed and 2 <= closed.calls < CALLS  # held a few calls, then drifted
+    report, note = verify_streaming(model, path, calls=CALLS)
+    assert report.passed and report.calls == CALLS and report.max_state_diff < 1e-4
+    assert note is not None and f"held the tolerance for {closed.calls - 1} calls" in note
+    wrong, wrong_note = verify_streaming(chaotic(1), path, calls=CALLS)
+    assert not wrong.passed and wrong_note is None
+    calm = ToyGRU()
+    calm_report, calm_note = verify_streaming(calm, export_model(calm, tmp_path / "calm.onnx").path, calls=20)
+    assert calm_report.passed and calm_note is None
+
+    class Forgetful(ToyGRU):
+        def step(self, controls, state):
+            audio, new = super().step(controls, state)
+            return audio, {"h": torch.zeros_like(new["h"]) + self.h0, "last": new["last"]}
+
+    forgetful = Forgetful()
+    forgetful.load_state_dict(model.state_dict())
+    dropped = export_model(forgetful, tmp_path / "forgetful.onnx").path
+    assert not verify_streaming(model, dropped, calls=CALLS)[0].passed
+
+
 def test_inconsistent_initial_state_is_refused(tmp_path):
     class Uneven(ToyGRU):
         def initial_state(self, batch):
