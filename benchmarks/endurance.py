@@ -165,7 +165,8 @@ def run(args) -> int:
                         samples.append({"t": time.monotonic() - t0, "underruns": s.underruns, "xruns": s.xruns,
                                         "server_xruns": probe.xruns, "blocks": s.blocks, "ring_fill": s.ring_fill,
                                         "model_rtf": s.model_rtf, "cpu_share": s.cpu_share,
-                                        "midi_events": inst.midi.events})
+                                        "midi_events": inst.midi.events,
+                                        "nonfinite": s.nonfinite_effects_blocks + s.nonfinite_output_blocks})
 
                     sample()
                     asyncio.run(_play(app, seconds, sample))
@@ -201,14 +202,15 @@ def run(args) -> int:
         "server_xruns": last["server_xruns"] - first["server_xruns"],
         "model_rtf": last["model_rtf"], "cpu_share": last["cpu_share"],
         "min_ring_fill": min(s["ring_fill"] for s in samples), "per_minute": per_minute,
-        "meets_target": last["underruns"] == first["underruns"],
+        "nonfinite_blocks": last["nonfinite"] - first["nonfinite"],  # NaN repaired before it was heard
+        "meets_target": last["underruns"] == first["underruns"] and last["nonfinite"] == first["nonfinite"],
     }
     path = save(args.name, figures, args.out)
     print_table(["minute", "seconds", "underruns", "xruns", "server xruns"],
                 [[m["minute"], m["seconds"], m["underruns"], m["xruns"], m["server_xruns"]] for m in per_minute])
     print(f"{figures['seconds']} s of {args.config} ({preset.mode}), UI {figures['ui']}, CPU hog "
           f"{'on' if figures['cpu_hog'] else 'off'}, {figures['midi_events']} MIDI events: "
-          f"{figures['underruns']} underruns, {figures['xruns']} xruns "
+          f"{figures['underruns']} underruns, {figures['xruns']} xruns, {figures['nonfinite_blocks']} NaN blocks "
           f"({'met' if figures['meets_target'] else 'missed'})")
     print(f"wrote {path}")
     return 0
