@@ -166,7 +166,7 @@ def run(args) -> int:
                                         "server_xruns": probe.xruns, "blocks": s.blocks, "ring_fill": s.ring_fill,
                                         "model_rtf": s.model_rtf, "cpu_share": s.cpu_share,
                                         "midi_events": inst.midi.events,
-                                        "nonfinite": s.nonfinite_effects_blocks + s.nonfinite_output_blocks})
+                                        "nonfinite": s.nonfinite_blocks})
 
                     sample()
                     asyncio.run(_play(app, seconds, sample))

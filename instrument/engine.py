@@ -103,6 +103,10 @@ class EngineStats:
     producer_sched: str = ""  # how the producer thread is scheduled
     realtime_refused: str | None = None  # why the producer did not get SCHED_FIFO when it asked
 
+    @property
+    def nonfinite_blocks(self) -> int:
+        return self.nonfinite_effects_blocks + self.nonfinite_output_blocks
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

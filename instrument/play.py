@@ -99,7 +99,7 @@ def run(args) -> int:
     summary = {
         "blocks": stats.blocks, "underruns": stats.underruns, "xruns": stats.xruns,
         "server_underruns": stats.server_underruns,
-        "nonfinite_blocks": stats.nonfinite_effects_blocks + stats.nonfinite_output_blocks,
+        "nonfinite_blocks": stats.nonfinite_blocks,
         "latency_ms": stats.latency_ms, "ring_latency_ms": stats.ring_latency_ms,
         "device_latency_ms": stats.device_latency_ms, "model_rtf": stats.model_rtf, "peak": stats.peak,
         "seconds": stats.elapsed, "samplerate": stats.samplerate, "block": stats.block, "mode": stats.mode,

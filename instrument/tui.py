@@ -230,9 +230,8 @@ class InstrumentApp(App):
         head.append(f"ring {round(s.ring_fill * 4) * 25:3d}%  ")
         head.append(f"underruns {s.underruns} xruns {s.xruns}  ",
                     style="bold red" if (s.underruns or s.xruns) else "")
-        nan_blocks = s.nonfinite_effects_blocks + s.nonfinite_output_blocks
-        if nan_blocks:  # repaired before they were heard, but something upstream is misbehaving
-            head.append(f"NaN blocks {nan_blocks}  ", style="bold red")
+        if s.nonfinite_blocks:  # repaired before they were heard, but something upstream is misbehaving
+            head.append(f"NaN blocks {s.nonfinite_blocks}  ", style="bold red")
         rtf_style = "bold red" if 0 < s.model_rtf < 1.0 else "green"
         head.append(f"model ×{s.model_rtf:.3g} RT", style=rtf_style)
         head.append(f"  CPU {s.cpu_share * 100:.0f}%  voices {s.voices}  oct {self.octave}")
