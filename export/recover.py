@@ -1,4 +1,4 @@
-"""Rebuild a training checkpoint from a shipped SampleRNN graph, for a preset whose training run is gone.
+"""Rebuild a training checkpoint from a shipped SampleRNN or WaveGAN graph, for a preset whose training run is gone.
 
     python -m export.recover presets/samplernn-loud/model.onnx --out runs/samplernn-loud-recovered
 
@@ -14,6 +14,10 @@ parameters (weight normalisation already folded in), and the rest are recognised
 
 The checkpoint has the config, step and validation figures of the metadata and no optimiser state: it can be
 exported (`neuralinst export RUN --native-int8 ...`), not resumed. `recover` refuses a graph it cannot map whole.
+
+A WaveGAN graph holds its generator whole (plain named weights); its critic was never exported, so the recovered
+checkpoint carries a fresh one, and training goes on as a new run from it: `neuralinst train CONFIG --init-from RUN
+--critic-only-steps N` (the generator waits N steps while the new critic learns what real clips look like).
 """
 from __future__ import annotations
 
@@ -103,6 +107,51 @@ def recover_samplernn(path: str | Path):
     return model.eval(), info
 
 
+def recover_wavegan(path: str | Path, seed: int = 0):
+    """(torch Model in eval mode, checkpoint info) for a WaveGAN graph: the generator's weights are the graph's named
+    initializers; the critic never ships, so it is freshly initialised (seeded). Train from it with
+    `neuralinst train ... --init-from RUN --critic-only-steps N`, so the new critic learns before it steers."""
+    from instrument.model import load_model as load_runtime
+    from training.configs import build_model, config_from_dict
+
+    path = Path(path)
+    meta = load_runtime(path, device="cpu", threads=1, batch=1).meta
+    if meta.kind != "wavegan":
+        raise UserError(f"{path} is a {meta.kind} model, not a WaveGAN.")
+    config = config_from_dict(dict(meta.config))
+    torch.manual_seed(seed)
+    model = build_model(config)
+    named = {k.removeprefix("model."): v for k, v in _initializers(path).items() if k.startswith("model.")}
+    params = dict(model.generator.named_parameters(prefix="generator"))
+    missing = sorted(set(params) - set(named))
+    if missing:
+        raise UserError(f"{path}: no value in the graph for {', '.join(missing[:4])}.")
+    with torch.no_grad():
+        for name, p in params.items():
+            if tuple(named[name].shape) != tuple(p.shape):
+                raise UserError(f"{path}: {name} is {named[name].shape} in the graph, {tuple(p.shape)} here.")
+            p.copy_(torch.from_numpy(np.array(named[name])))
+    extra = meta.extra or {}
+    info = {"config": dict(meta.config), "kind": meta.kind, "step": int(extra.get("checkpoint_step", 0)),
+            "recovered_from": str(path), "critic": f"freshly initialised (seed {seed}): the graph holds no critic"}
+    if getattr(meta, "training_data", None):
+        info["training_data"] = meta.training_data
+    return model.eval(), info
+
+
+RECOVER = {"samplernn": recover_samplernn, "wavegan": recover_wavegan}
+
+
+def recover(path: str | Path):
+    """The torch model and checkpoint info a shipped graph holds, for the kinds that can be recovered."""
+    from instrument.model import load_model as load_runtime
+
+    kind = load_runtime(path, device="cpu", threads=1, batch=1).meta.kind
+    if kind not in RECOVER:
+        raise UserError(f"{path} is a {kind} model; only {' and '.join(sorted(RECOVER))} graphs can be recovered.")
+    return RECOVER[kind](path)
+
+
 def save_recovered(model, info: dict, out: str | Path) -> Path:
     """A checkpoint folder `out` that `neuralinst export` reads (weights in the trainer's layout)."""
     from training.checkpoint import save_checkpoint
@@ -126,10 +175,13 @@ def save_recovered(model, info: dict, out: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.recover", description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a shipped SampleRNN .onnx")
+    p.add_argument("model", help="a shipped SampleRNN or WaveGAN .onnx")
     p.add_argument("--out", required=True, help="the run folder to write (RUN/checkpoints/step_N)")
     args = p.parse_args(argv)
-    model, info = recover_samplernn(args.model)
+    try:
+        model, info = recover(args.model)
+    except UserError as e:
+        raise SystemExit(f"export.recover: {e}") from None
     folder = save_recovered(model, info, args.out)
     print(f"wrote {folder} (step {info['step']}, recovered from {args.model})")
     return 0

@@ -42,15 +42,33 @@ class PresetRecipe:
     threads: int = 1  # as the shipped run was trained
     checkpoint_every: int = 50
     card_note: str = ""  # a line for the card's list (e.g. why a default has its value), with its measurement
+    # Where the run was not one plain `train`: the commands that came first (e.g. a recovered generator) and after
+    # (a resume at a lower learning rate), written into the card's recipe in order.
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    checkpoint: str = ""  # the run's checkpoint to ship (chosen on the validation split); "" = its latest
+    selection: str = ""  # how `checkpoint` was chosen: the command, for the card
 
     @property
     def run(self) -> Path:
         return ROOT / "runs" / self.name
 
+    @property
+    def shipped(self) -> Path:
+        return self.run / "checkpoints" / self.checkpoint if self.checkpoint else self.run
+
     def train_command(self) -> str:
         sets = " ".join(f"--set {o}" for o in self.overrides)
         return (f"neuralinst train {self.config} --data {self.data} --out runs/{self.name} --threads {self.threads} "
                 f"--checkpoint-every {self.checkpoint_every} {sets}").strip()
+
+    def recipe_lines(self) -> str:
+        shipped = f"runs/{self.name}" + (f"/checkpoints/{self.checkpoint}" if self.checkpoint else "")
+        lines = [self.build, *self.before, self.train_command(), *self.after]
+        if self.selection:
+            lines.append(self.selection)
+        lines.append(f"neuralinst export {shipped} --out presets/{self.name}/model.onnx {' '.join(self.export_args)}")
+        return "\n".join(line.strip() for line in lines)
 
 
 ROOM = {"reverb": {"size": 0.6, "damp": 0.5}}  # the send level is a performer parameter, in defaults
@@ -125,10 +143,13 @@ def sh(*args: str) -> str:
 def run_facts(recipe: PresetRecipe) -> dict:
     ckpt = recipe.run / "checkpoints"
     latest = (ckpt / "latest").read_text().strip()
-    state = json.loads((ckpt / latest / "state.json").read_text())
+    chosen = recipe.checkpoint or latest
+    state = json.loads((ckpt / chosen / "state.json").read_text())
     hist = state.get("history", {})
-    facts = {"checkpoint": latest, "step": state.get("step"), "train": (hist.get("train") or [{}])[-1],
-             "valid": (hist.get("valid") or [{}])[-1], "events": hist.get("events", [])}
+    facts = {"checkpoint": chosen, "latest": latest, "step": state.get("step"),
+             "train": (hist.get("train") or [{}])[-1], "valid": (hist.get("valid") or [{}])[-1],
+             "events": hist.get("events", []), "init_from": state.get("init_from"),
+             "critic_only_steps": state.get("critic_only_steps", 0)}
     stats = recipe.run.parent / f"{recipe.name}.stats.json"  # written when the run was stopped (wall/CPU time)
     if stats.is_file():
         facts.update(json.loads(stats.read_text()))
@@ -151,7 +172,7 @@ def ship(recipe: PresetRecipe) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     facts = run_facts(recipe)
     t0 = time.time()
-    export_log = sh(CLI, "export", str(recipe.run), "--out", str(folder / "model.onnx"), *recipe.export_args)
+    export_log = sh(CLI, "export", str(recipe.shipped), "--out", str(folder / "model.onnx"), *recipe.export_args)
     from instrument.presets import read_model_metadata
 
     meta = read_model_metadata(folder / "model.onnx")
@@ -180,6 +201,20 @@ def ship(recipe: PresetRecipe) -> dict:
                if figures.get("score", 9) <= 0.3 else
                f"**misses the target of ≤ 0.3** (score {figures.get('score', float('nan')):.2f}): the run is far "
                "too short — see “Continue it”")
+    chosen_text = (f"; chosen on the validation split among the run's checkpoints, which went on to "
+                   f"`{facts['latest']}`" if facts["checkpoint"] != facts["latest"] else "")
+    origin = facts.get("init_from") or {}
+    origin_text = ""
+    if origin:
+        origin_text = (f", counted from a new run that started from the weights of step {origin.get('step')}"
+                       + (f" (recovered from the shipped graph `{Path(origin['recovered_from']).name}`)"
+                          if origin.get("recovered_from") else "")
+                       + (f"; its generator waited {facts['critic_only_steps']} steps while a fresh critic learned"
+                          if facts.get("critic_only_steps") else ""))
+    events_text = "".join(f" (step {e['step']}: learning rate {e.get('from', 0):.3g} → {e['lr']:.3g})"
+                          if e.get("event") == "lr" else f" (step {e['step']}: rollback)" for e in facts["events"])
+    reselect = (" choose the checkpoint again on the validation split (the selection command above) and name it in "
+                "`scripts/ship_presets.py`, then" if recipe.selection else "")
     wall = facts.get("wall_seconds")
     cpu = facts.get("cpu_seconds")
     card = f"""# {recipe.name}
@@ -195,24 +230,22 @@ def ship(recipe: PresetRecipe) -> dict:
 ## Training recipe (exact)
 
 ```sh
-{recipe.build}
-{recipe.train_command()}
-neuralinst export runs/{recipe.name} --out presets/{recipe.name}/model.onnx {' '.join(recipe.export_args)}
+{recipe.recipe_lines()}
 ```
 
-- Reached: step {facts['step']} (checkpoint `{facts['checkpoint']}`), wall time
+- Reached: step {facts['step']} (checkpoint `{facts['checkpoint']}`{chosen_text}){origin_text}, wall time
   {f'{wall / 60:.0f} min' if wall else 'not recorded'}, CPU time {f'{cpu / 60:.1f} min' if cpu else 'not recorded'},
   on {facts.get('hardware', 'the 2-core CPU development machine')} (niced, sharing the machine with the test suite
   and other work; no GPU was lent to this session).
 - Last training losses: {fmt_losses(facts['train'])}.
 - Last validation: {fmt_losses(facts['valid'])}.
-- Rollbacks / learning-rate cuts during the run: {len(facts['events'])}.
+- Rollbacks / learning-rate changes during the run: {len(facts['events'])}{events_text}.
 
 ### Continue it
 
 On a GPU, at the config's own batch size:
 `neuralinst train {recipe.config} --data {recipe.data} --out runs/{recipe.name} --resume --device cuda`
-(drop the `--set batch_size=…` override to return to the paper-sized batch), then
+(drop the `--set batch_size=…` override to return to the paper-sized batch), then{reselect}
 `.venv/bin/python scripts/ship_presets.py {recipe.name}`.
 
 ## Quality

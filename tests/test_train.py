@@ -17,6 +17,7 @@ import torch
 from neuralinst import cli
 from training import checkpoint as ckpt
 from training import train as train_mod
+from training.configs import get_config
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +107,98 @@ def test_resume_continues_exactly(name, ds, data, tmp_path):
     b, _ = ckpt.load_model(tmp_path / "split")
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def test_resume_with_a_new_learning_rate_uses_it_and_records_it(data, tmp_path):
+    """The optimiser state restored on resume carries the old rate; `--set lr=` on resume must still win."""
+    common = ["--checkpoint-every", 2, "--log-every", 1, "--set", "batch_size=4", "--set", "sample_seconds=0"]
+    assert train("vrnn-tiny", data / "chunks", tmp_path / "run", "--steps", 2, *common) == 0
+    assert train("vrnn-tiny", data / "chunks", tmp_path / "run", "--steps", 4, "--resume", *common,
+                 "--set", "lr=2.5e-5") == 0
+    _, info = losses(tmp_path / "run")
+    assert info["optimizers"]["model"]["param_groups"][0]["lr"] == pytest.approx(2.5e-5)
+    (event,) = info["history"]["events"]
+    assert event["event"] == "lr" and event["step"] == 2 and event["lr"] == pytest.approx(2.5e-5)
+    assert event["from"] == pytest.approx(get_config("vrnn-tiny").lr)
+    # resuming again with the same rate is no new event
+    assert train("vrnn-tiny", data / "chunks", tmp_path / "run", "--steps", 6, "--resume", *common,
+                 "--set", "lr=2.5e-5") == 0
+    _, info = losses(tmp_path / "run")
+    assert len(info["history"]["events"]) == 1 and info["step"] == 6
+
+
+def test_a_wavegan_recovered_from_its_graph_trains_on_with_a_fresh_critic(data, tmp_path):
+    """A preset whose run is gone: `export.recover` rebuilds the generator from the shipped graph (the critic never
+    ships, so it is fresh), and `train --init-from ... --critic-only-steps N` holds the generator still for N steps
+    while the new critic learns, then trains both."""
+    from export.onnx_export import export_model
+    from export.recover import recover, save_recovered
+
+    sets = ["--set", "batch_size=4", "--set", "n_critic=2"]
+    assert train("wavegan-tiny", data / "clips", tmp_path / "lost", "--steps", 2, "--checkpoint-every", 2, *sets) == 0
+    trained, lost = ckpt.load_model(tmp_path / "lost")
+    export_model(trained, tmp_path / "shipped.onnx", info=lost)
+    model, info = recover(tmp_path / "shipped.onnx")
+    save_recovered(model, info, tmp_path / "recovered")
+    generator = {k: v for k, v in trained.state_dict().items() if k.startswith("generator.")}
+    critic = {k: v for k, v in trained.state_dict().items() if k.startswith("critic.")}
+
+    def weights(run):
+        return ckpt.load_model(run)[0].state_dict()
+
+    got = weights(tmp_path / "recovered")
+    assert all(torch.equal(got[k], v) for k, v in generator.items())
+    assert not all(torch.equal(got[k], v) for k, v in critic.items())  # the graph has no critic to give
+    common = ["--checkpoint-every", 2, "--log-every", 1, "--init-from", tmp_path / "recovered", "--critic-only-steps", 2,
+              *sets]
+    assert train("wavegan-tiny", data / "clips", tmp_path / "on", "--steps", 2, *common) == 0
+    _, info = losses(tmp_path / "on")
+    assert info["init_from"]["step"] == 2 and info["init_from"]["recovered_from"] == str(tmp_path / "shipped.onnx")
+    waited = weights(tmp_path / "on")
+    assert all(torch.equal(waited[k], v) for k, v in generator.items())  # the generator waited ...
+    assert not all(torch.equal(waited[k], got[k]) for k in critic)  # ... while the critic learned
+    history, _ = losses(tmp_path / "on", "generator_loss")
+    assert len(history) == 2 and all(math.isfinite(v) for _, v in history)  # still measured for the log
+    assert train("wavegan-tiny", data / "clips", tmp_path / "on", "--steps", 3, "--resume", *common[:4],
+                 "--critic-only-steps", 2, *sets) == 0
+    moved = weights(tmp_path / "on")
+    assert not all(torch.equal(moved[k], v) for k, v in generator.items())  # step 3: the generator trains
+    _, info = losses(tmp_path / "on")
+    assert info["init_from"]["step"] == 2  # kept across the resume, for the model card
+    # a new run only; and only a WaveGAN has a critic to wait for
+    assert train("wavegan-tiny", data / "clips", tmp_path / "on", "--steps", 4, *common) == 1
+    assert train("vrnn-tiny", data / "chunks", tmp_path / "v", "--steps", 1, "--critic-only-steps", 1) == 1
+
+
+def test_choose_checkpoint_ranks_a_runs_checkpoints_on_the_validation_split(data, fixtures_dir, tmp_path):
+    """scripts/choose_checkpoint.py: every checkpoint exported as shipped, scored on the validation split over two
+    seeds, the lowest mean chosen; scores kept in --json are reused, so a later call only scores new checkpoints."""
+    run = tmp_path / "run"
+    assert train("vrnn-tiny", data / "chunks", run, "--steps", 4, "--checkpoint-every", 2, "--set",
+                 "sample_seconds=0.1") == 0
+    scoring = tmp_path / "scoring"  # the fixture's 8 s as the validation split (the tiny set's own is 0.5 s)
+    scoring.mkdir()
+    (scoring / "manifest.json").write_text((data / "chunks" / "manifest.json").read_text())
+    audio, _ = sf.read(fixtures_dir / "piano.flac", dtype="int16")
+    np.save(scoring / "valid.npy", audio.reshape(1, -1))
+    table = tmp_path / "scores.json"
+    cmd = [PY, str(ROOT / "scripts" / "choose_checkpoint.py"), str(run), "--data", str(scoring), "--seconds", "2",
+           "--json", str(table), "--export-args=--no-verify"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(table.read_text())["checkpoints"]
+    assert sorted(rows) == ["step_00000002", "step_00000004"]
+    for row in rows.values():
+        assert len(row["scores"]) == 2 and row["mean"] == pytest.approx(np.mean(row["scores"]), abs=1e-3)
+        assert 0 < row["mean"] < 3
+    best = min(rows, key=lambda k: rows[k]["mean"])
+    assert f"chosen {best}" in done.stdout
+    other = next(k for k in rows if k != best)
+    saved = json.loads(table.read_text())
+    saved["checkpoints"][other]["mean"] = -1.0  # a kept score is read back, not recomputed
+    table.write_text(json.dumps(saved))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and f"chosen {other}" in done.stdout, done.stdout + done.stderr
 
 
 def make_trainer(data_dir, out, *argv):

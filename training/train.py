@@ -61,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a loss this many median deviations above the recent median is an explosion (0: off)")
     p.add_argument("--max-rollbacks", type=int, default=12, help="give up after this many rollbacks in a row")
     p.add_argument("--keep-checkpoints", type=int, default=5, help="checkpoints kept on disk (0: all)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start a new run from this checkpoint's weights (fresh optimisers, step 0), e.g. one that "
+                        "`python -m export.recover` rebuilt from a shipped model")
+    p.add_argument("--critic-only-steps", type=int, default=0,
+                   help="WaveGAN: the generator waits until this step while the critic trains (a fresh critic "
+                        "beside a trained generator, after --init-from)")
 
 
 # --- distributed set-up ---------------------------------------------------------------------------------------------
@@ -225,6 +231,7 @@ class Adversarial(Objective):
             "critic": torch.optim.Adam(self.c_params, lr=getattr(c, "critic_lr", c.lr), betas=tuple(c.betas)),
         }
         self.n_critic = int(getattr(c, "n_critic", 1))
+        self.generator_waits = False  # set by the trainer for --critic-only-steps
 
     def step(self, get_batch: Callable[[int], torch.Tensor]) -> tuple[Metrics, bool]:
         g_opt, c_opt = self.optimizers["generator"], self.optimizers["critic"]
@@ -240,10 +247,14 @@ class Adversarial(Objective):
             rows.append({f"critic_{k}": v.detach().float() for k, v in m.items()})
         g_opt.zero_grad(set_to_none=True)
         c_opt.zero_grad(set_to_none=True)
-        with self.autocast():
-            m = self.run("generator_losses", real.shape[0])
-        if not self._apply(m["loss"].float(), self.g_params, g_opt):
-            return {}, False
+        if self.generator_waits:  # measured for the log, not applied
+            with torch.no_grad(), self.autocast():
+                m = self.run("generator_losses", real.shape[0])
+        else:
+            with self.autocast():
+                m = self.run("generator_losses", real.shape[0])
+            if not self._apply(m["loss"].float(), self.g_params, g_opt):
+                return {}, False
         c_opt.zero_grad(set_to_none=True)  # the generator's backward also reached the critic
         out = _mean(rows)
         out.update({f"generator_{k}": float(v.detach()) for k, v in m.items()})
@@ -393,6 +404,9 @@ class Trainer:
         self.check_data_fits()
         torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         self.model = build_model(config).to(self.device)
+        self.init_from = self.info.get("init_from")
+        if args.init_from:
+            self.init_from = self._init_weights(args.init_from)
         if hasattr(self.model, "set_data_stats"):
             self.model.set_data_stats(float(self.manifest["mean"]), float(self.manifest["std"]))
         self.run_module: nn.Module = Methods(self.model)
@@ -405,6 +419,8 @@ class Trainer:
             self.run_module = DDP(self.run_module, device_ids=ids, find_unused_parameters=unused)
         family = Adversarial if hasattr(self.model, "critic_losses") else Likelihood
         self.objective = family(self.model, self.run_module, config, self.dist, self.autocast_factory())
+        if args.critic_only_steps and family is not Adversarial:
+            raise UserError(f"--critic-only-steps is for WaveGAN; {config.name} has no critic.")
         self.length = self.training_length()
         self.batches = Batches(load_split(args.data, "train"), self.length, config.batch_size, config.channels,
                                seed=args.seed, rank=self.dist.rank, world=self.dist.world)
@@ -428,6 +444,22 @@ class Trainer:
                 print(f"neuralinst train: {self.out} has no checkpoint yet; starting a new run.", file=sys.stderr)
             return None
         return ckpt.read_checkpoint(self.out) if has else None
+
+    def _init_weights(self, source: str) -> dict:
+        """Every weight from `source` (a checkpoint of the same model), before the first step of a new run."""
+        if self.ckpt_dir is not None:
+            raise UserError(f"--init-from starts a new run, but {self.out} already holds one; choose another --out.")
+        folder, info = ckpt.read_checkpoint(source)
+        if info.get("kind") not in (None, self.config.kind):
+            raise UserError(f"{folder} holds a {info.get('kind')} model, not a {self.config.kind}.")
+        ckpt.load_weights(self.model, folder)
+        origin = {"path": str(Path(source).resolve()), "checkpoint": folder.name, "step": int(info.get("step", 0))}
+        if info.get("recovered_from"):
+            origin["recovered_from"] = info["recovered_from"]
+        if self.dist.main:
+            print(f"neuralinst train: a new run from the weights of {folder} (its step {origin['step']}).",
+                  file=sys.stderr)
+        return origin
 
     def check_data_fits(self) -> None:
         c, m = self.config, self.manifest
@@ -457,11 +489,40 @@ class Trainer:
         ckpt.load_optimizers(self.objective.optimizers, self.ckpt_dir, info)
         self.step, self.salt = int(info["step"]), int(info.get("salt", 0))
         self.history = info.get("history", self.history)
+        self.apply_learning_rate_override()
         rng = info.get("rng", [])
         if self.dist.rank < len(rng):
             ckpt.set_rng_state(rng[self.dist.rank])
         if self.dist.main:
             print(f"neuralinst train: resuming {self.out} at step {self.step}.", file=sys.stderr)
+
+    def apply_learning_rate_override(self) -> None:
+        """`--resume --set lr=X` (or critic_lr) sets that rate from here on: the optimiser state restored from the
+        checkpoint carries the old rate (and any rollback cuts), so without this the override would be ignored. The
+        change is an event in the run's history, so the model card and loss plot show where it happened."""
+        given = {o.split("=", 1)[0].strip() for o in self.args.set}
+        c = self.config
+        wanted = {"model": c.lr, "generator": c.lr, "critic": getattr(c, "critic_lr", c.lr)}
+        if "lr" not in given and not ("critic_lr" in given and "critic" in self.objective.optimizers):
+            return
+        if "lr" not in given:  # only the critic's rate was asked for
+            wanted = {"critic": wanted["critic"]}
+        changed = {}
+        for name, opt in self.objective.optimizers.items():
+            if name not in wanted:
+                continue
+            old = opt.param_groups[0]["lr"]
+            for group in opt.param_groups:
+                group["lr"] = wanted[name]
+            if old != wanted[name]:
+                changed[name] = (old, wanted[name])
+        if not changed:
+            return
+        first = next(iter(changed.values()))
+        self.history["events"].append({"step": self.step, "event": "lr", "from": first[0], "lr": first[1]})
+        if self.dist.main:
+            print(f"neuralinst train: learning rate {first[0]:.3g} -> {first[1]:.3g} from step {self.step}.",
+                  file=sys.stderr)
 
     def get_batch(self, i: int) -> torch.Tensor:
         n = getattr(self.objective, "n_critic", 1)
@@ -482,6 +543,8 @@ class Trainer:
                    disable=not self.dist.main, file=sys.stderr, mininterval=0.5 if tty else 60.0)
         with StopRequest() as stop, bar:
             while self.step < target:
+                if isinstance(self.objective, Adversarial):
+                    self.objective.generator_waits = self.step < args.critic_only_steps
                 metrics, ok = self.objective.step(self.get_batch)
                 monitor = self.objective.monitor
                 bad = not ok or self.guard.exploded(metrics.get(monitor) if monitor else None)
@@ -565,6 +628,10 @@ class Trainer:
                 "history": self.history,
                 "time": time.time(),
             }
+            if self.init_from:
+                info["init_from"] = self.init_from
+            if self.args.critic_only_steps:
+                info["critic_only_steps"] = self.args.critic_only_steps
             ckpt.save_checkpoint(self.out, self.step, self.model, self.objective.optimizers, info,
                                  keep=self.args.keep_checkpoints, best=self.is_best(valid))
             self.render_sample(bar)
@@ -654,11 +721,15 @@ def plot_losses(history: dict[str, list], path: Path, title: str) -> None:
         ax.plot([r["step"] for r in train], [r[k] for r in train], label=f"train {k}", linewidth=1)
     if valid:
         ax.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid loss", markersize=3)
-    for e in history.get("events", []):
-        ax.axvline(e["step"], color="red", alpha=0.3, linewidth=1)
+    events = history.get("events", [])
+    for e in events:  # red: a rollback (rate halved); blue: a rate set on resume
+        ax.axvline(e["step"], color="blue" if e.get("event") == "lr" else "red", alpha=0.3, linewidth=1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"{title} (red lines: rollbacks)" if history.get("events") else title)
+    kinds = {"lr" if e.get("event") == "lr" else "rollback" for e in events}
+    legend = ", ".join(t for k, t in (("rollback", "red lines: rollbacks"), ("lr", "blue: learning rate set"))
+                       if k in kinds)
+    ax.set_title(f"{title} ({legend})" if legend else title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
