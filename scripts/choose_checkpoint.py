@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=None, help="the preset's temperature control, if any")
     p.add_argument("--export-args", default="", help="the preset's export flags, e.g. --export-args=--native-int8")
     p.add_argument("--from-step", type=int, default=0)
+    p.add_argument("--only", default="", help="these checkpoints only (comma-separated names): a second, "
+                   "longer look at the best few, e.g. with --seeds 1,2,3,4")
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", type=Path, default=None, help="keep every score here (and reuse the ones already there)")
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     table = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     if table.get("setting") != setting:
         table = {"setting": setting, "checkpoints": {}}
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
     for folder in checkpoints(args.run, args.from_step):
+        if only and folder.name not in only:
+            continue
         if folder.name not in table["checkpoints"]:
             table["checkpoints"][folder.name] = score_checkpoint(
                 folder, shlex.split(args.export_args), controls, valid, sr, seeds, args.seconds)
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{folder.name}  valid-split score {row['mean']:.3f} (seeds {', '.join(f'{x:.3f}' for x in row['scores'])})"
                   f"  timbre {row['timbre']:.3f}  dynamics {row['dynamics']:.3f}", flush=True)
-    scored = {k: v for k, v in table["checkpoints"].items() if "mean" in v}
+    scored = {k: v for k, v in table["checkpoints"].items() if "mean" in v and (not only or k in only)}
     if not scored:
         print("no checkpoint could be scored", file=sys.stderr)
         return 1

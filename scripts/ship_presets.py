@@ -41,6 +41,7 @@ class PresetRecipe:
     export_args: list[str] = field(default_factory=list)
     threads: int = 1  # as the shipped run was trained
     checkpoint_every: int = 50
+    steps: int = 0  # where the card's first `train` command stopped (0: it ran until stopped, then --resume'd)
     card_note: str = ""  # a line for the card's list (e.g. why a default has its value), with its measurement
     # Where the run was not one plain `train`: the commands that came first (e.g. a recovered generator) and after
     # (a resume at a lower learning rate), written into the card's recipe in order.
@@ -60,7 +61,8 @@ class PresetRecipe:
     def train_command(self) -> str:
         sets = " ".join(f"--set {o}" for o in self.overrides)
         return (f"neuralinst train {self.config} --data {self.data} --out runs/{self.name} --threads {self.threads} "
-                f"--checkpoint-every {self.checkpoint_every} {sets}").strip()
+                f"--checkpoint-every {self.checkpoint_every} {sets}"
+                + (f" --steps {self.steps}" if self.steps else "")).strip()
 
     def recipe_lines(self) -> str:
         shipped = f"runs/{self.name}" + (f"/checkpoints/{self.checkpoint}" if self.checkpoint else "")
@@ -71,6 +73,16 @@ class PresetRecipe:
         return "\n".join(line.strip() for line in lines)
 
 
+VRNN_PIANO_RESUME = ('neuralinst train vrnn-live --data data/piano-vrnn --out runs/vrnn-piano --resume --threads 1 --check'
+                     'point-every 500 --keep-checkpoints 80 --set batch_size=16 --set sample_seconds=2')
+WAVEGAN_PIANO_TRIED = ('\n- **Not continued on this host (tried 2026-12-06):** its run (critic and optimiser state) was not k'
+    'ept, and the shipped graph holds only the generator. Continuing from it with a fresh critic (`python'
+    ' -m export.recover presets/wavegan-piano/model.onnx --out runs/wavegan-piano-recovered`, then `neura'
+    'linst train wavegan-live ... --init-from runs/wavegan-piano-recovered --critic-only-steps 150`) made'
+    ' every checkpoint worse on the validation split (`scripts/choose_checkpoint.py`, 30 s, seeds 1 and 2'
+    '): 0.52 for this generator, 0.82 / 0.93 after 50 / 150 generator steps at learning rate 1e-4, and 0.'
+    '58–0.77 over 220 generator steps at 2e-5 (50 CPU-min in all). This model stays as trained; a better '
+    'one needs a new run that keeps its critic (~13 h on one core of this host, minutes on a GPU).')
 ROOM = {"reverb": {"size": 0.6, "damp": 0.5}}  # the send level is a performer parameter, in defaults
 PRESETS = [
     PresetRecipe(
@@ -78,7 +90,8 @@ PRESETS = [
         "scripts/build_datasets.sh piano-notes-c4", "(done by build_datasets.sh: --kind wavegan --silence-db -100)",
         ["d=16", "batch_size=16", "sample_seconds=1.024"], "oneshot",
         "Piano one-shots: WaveGAN clips of single piano notes (F#3–C5), pitched from C4 across the keyboard.",
-        root_note=60, defaults={"volume": 0.8, "reverb.send": 0.2}, effects=ROOM, threads=2, checkpoint_every=200),
+        root_note=60, defaults={"volume": 0.8, "reverb.send": 0.2}, effects=ROOM, threads=2, checkpoint_every=200,
+        card_note=WAVEGAN_PIANO_TRIED),
     PresetRecipe(
         "wavegan-drums", "wavegan-live", "data/drums-wavegan", "data/drums-wavegan",
         "scripts/build_datasets.sh drums",
@@ -93,12 +106,26 @@ PRESETS = [
         ["batch_size=16", "sample_seconds=2"], "stream",
         "A VRNN stream trained on 50 minutes of piano; the latent knobs offset z, notes re-seed the stream.",
         defaults={"temperature": 1.0, "grain": 0.375, "volume": 0.8, "reverb.send": 0.15}, effects=ROOM,
-        export_args=["--native-int8"],
-        card_note="\n- **grain 0.375** (the preset's default; the knob on CC 28): the fraction of the decoder's draw "
-        "that is heard. Chosen on the validation split, never the test split the score below uses, by "
-        "`.venv/bin/python scripts/choose_grain.py presets/vrnn-piano/model.onnx --data data/piano-vrnn` "
-        "(the lowest validation score whose timbre is no worse than the decoder mean's): at step 13,110 it gave "
-        "0.545 at grain 0 (the thesis' decoder mean), 0.410 at 0.25, 0.400 at 0.375, 0.411 at 0.5, 0.500 at 1."),
+        export_args=["--native-int8"], steps=22426,
+        after=[f"{VRNN_PIANO_RESUME} --set lr=1e-4 --steps 26662",
+               f"{VRNN_PIANO_RESUME} --set lr=3e-5 --steps 31817"],
+        checkpoint="step_00029000",
+        selection=".venv/bin/python scripts/choose_checkpoint.py runs/vrnn-piano --data data/piano-vrnn --grain 0.375 "
+        "--export-args=--native-int8 --from-step 22426 --json runs/vrnn-piano.checkpoints.json\n"
+        ".venv/bin/python scripts/choose_checkpoint.py runs/vrnn-piano --data data/piano-vrnn --grain 0.375 "
+        "--export-args=--native-int8 --seeds 1,2,3,4 --json runs/vrnn-piano.checkpoints-4seeds.json "
+        "--only step_00029000,step_00031817,step_00026662,step_00027500,step_00024500,step_00026500",
+        card_note="\n- **Checkpoint step 29,000, chosen on the validation split** (never the test split the score "
+        "below uses) among the run's checkpoints from 22,426 on, by `scripts/choose_checkpoint.py` (each exported "
+        "as shipped, 30 s at grain 0.375, seeds 1 and 2; the best six again on seeds 1–4): 0.279 on seeds 1–4, "
+        "against 0.287–0.304 for the next five; 0.27–0.44 checkpoint to checkpoint. The run had been trained at "
+        "learning rate 3e-4 to step 22,426 (0.44 there), then resumed at 1e-4 to 26,662 and at 3e-5 to 31,817: "
+        "the lower rate is what helped (0.32 on validation 74 steps after the cut), not the extra steps."
+        "\n- **grain 0.375** (the preset's default; the knob on CC 28): the fraction of the decoder's draw "
+        "that is heard, chosen on the validation split by `.venv/bin/python scripts/choose_grain.py "
+        "presets/vrnn-piano/model.onnx --data data/piano-vrnn` (the lowest validation score whose timbre is no worse "
+        "than the decoder mean's): at step 29,000 it gives 0.328 at grain 0 (the thesis' decoder mean), 0.268 at "
+        "0.25, 0.264 at 0.375, 0.272 at 0.5, 0.342 at 1 (at step 13,110: 0.545, 0.410, 0.400, 0.411, 0.500)."),
     PresetRecipe(
         "samplernn-piano", "samplernn-live", "data/piano", "data/piano",
         "scripts/build_datasets.sh piano", "(done by build_datasets.sh: --kind samplernn)",
@@ -211,10 +238,12 @@ def ship(recipe: PresetRecipe) -> dict:
                           if origin.get("recovered_from") else "")
                        + (f"; its generator waited {facts['critic_only_steps']} steps while a fresh critic learned"
                           if facts.get("critic_only_steps") else ""))
-    events_text = "".join(f" (step {e['step']}: learning rate {e.get('from', 0):.3g} → {e['lr']:.3g})"
-                          if e.get("event") == "lr" else f" (step {e['step']}: rollback)" for e in facts["events"])
+    events_text = "; ".join(f"step {e['step']:,}: learning rate {e.get('from', 0):.3g} → {e['lr']:.3g}"
+                            if e.get("event") == "lr" else f"step {e['step']:,}: rollback" for e in facts["events"])
+    events_text = f" ({events_text})" if events_text else ""
     reselect = (" choose the checkpoint again on the validation split (the selection command above) and name it in "
                 "`scripts/ship_presets.py`, then" if recipe.selection else "")
+    whole = f" (the whole run, to `{facts['latest']}`)" if facts["checkpoint"] != facts["latest"] else ""
     wall = facts.get("wall_seconds")
     cpu = facts.get("cpu_seconds")
     card = f"""# {recipe.name}
@@ -233,7 +262,7 @@ def ship(recipe: PresetRecipe) -> dict:
 {recipe.recipe_lines()}
 ```
 
-- Reached: step {facts['step']} (checkpoint `{facts['checkpoint']}`{chosen_text}){origin_text}, wall time
+- Reached: step {facts['step']} (checkpoint `{facts['checkpoint']}`{chosen_text}){origin_text}, wall time{whole}
   {f'{wall / 60:.0f} min' if wall else 'not recorded'}, CPU time {f'{cpu / 60:.1f} min' if cpu else 'not recorded'},
   on {facts.get('hardware', 'the 2-core CPU development machine')} (niced, sharing the machine with the test suite
   and other work; no GPU was lent to this session).
