@@ -80,9 +80,11 @@ WAVEGAN_PIANO_TRIED = ('\n- **Not continued on this host (tried 2026-12-06):** i
     ' -m export.recover presets/wavegan-piano/model.onnx --out runs/wavegan-piano-recovered`, then `neura'
     'linst train wavegan-live ... --init-from runs/wavegan-piano-recovered --critic-only-steps 150`) made'
     ' every checkpoint worse on the validation split (`scripts/choose_checkpoint.py`, 30 s, seeds 1 and 2'
-    '): 0.52 for this generator, 0.82 / 0.93 after 50 / 150 generator steps at learning rate 1e-4, and 0.'
-    '58–0.77 over 220 generator steps at 2e-5 (50 CPU-min in all). This model stays as trained; a better '
-    'one needs a new run that keeps its critic (~13 h on one core of this host, minutes on a GPU).')
+    '): 0.52 for this generator, 0.82 / 0.93 after 50 / 150 generator steps at learning rate 1e-4, 0.58–0'
+    '.77 over 220 generator steps at 2e-5, and, with the critic trained alone for 600 steps (3,000 update'
+    's) first, 0.66–0.84 over 240 generator steps at 2e-5 (about 2.5 CPU-hours in all). This model stays '
+    'as trained; a better one needs a new run that keeps its critic (~13 h on one core of this host, minu'
+    'tes on a GPU).')
 ROOM = {"reverb": {"size": 0.6, "damp": 0.5}}  # the send level is a performer parameter, in defaults
 PRESETS = [
     PresetRecipe(
