@@ -497,32 +497,25 @@ class Trainer:
             print(f"neuralinst train: resuming {self.out} at step {self.step}.", file=sys.stderr)
 
     def apply_learning_rate_override(self) -> None:
-        """`--resume --set lr=X` (or critic_lr) sets that rate from here on: the optimiser state restored from the
-        checkpoint carries the old rate (and any rollback cuts), so without this the override would be ignored. The
-        change is an event in the run's history, so the model card and loss plot show where it happened."""
-        given = {o.split("=", 1)[0].strip() for o in self.args.set}
-        c = self.config
-        wanted = {"model": c.lr, "generator": c.lr, "critic": getattr(c, "critic_lr", c.lr)}
-        if "lr" not in given and not ("critic_lr" in given and "critic" in self.objective.optimizers):
+        """`--resume --set lr=X` sets that rate from here on: the optimiser state restored from the checkpoint
+        carries the old rate (and any rollback cuts), so without this the override would be ignored. Each optimiser
+        gets the rate it was created with from the config. The change is an event in the run's history, so the
+        model card and loss plot show where it happened."""
+        if not {o.split("=", 1)[0].strip() for o in self.args.set} & {"lr", "critic_lr"}:
             return
-        if "lr" not in given:  # only the critic's rate was asked for
-            wanted = {"critic": wanted["critic"]}
-        changed = {}
+        c, changed = self.config, []
         for name, opt in self.objective.optimizers.items():
-            if name not in wanted:
-                continue
-            old = opt.param_groups[0]["lr"]
+            rate = getattr(c, "critic_lr", c.lr) if name == "critic" else c.lr
+            if opt.param_groups[0]["lr"] != rate:
+                changed.append((opt.param_groups[0]["lr"], rate))
             for group in opt.param_groups:
-                group["lr"] = wanted[name]
-            if old != wanted[name]:
-                changed[name] = (old, wanted[name])
+                group["lr"] = rate
         if not changed:
             return
-        first = next(iter(changed.values()))
-        self.history["events"].append({"step": self.step, "event": "lr", "from": first[0], "lr": first[1]})
+        old, rate = changed[0]
+        self.history["events"].append({"step": self.step, "event": "lr", "from": old, "lr": rate})
         if self.dist.main:
-            print(f"neuralinst train: learning rate {first[0]:.3g} -> {first[1]:.3g} from step {self.step}.",
-                  file=sys.stderr)
+            print(f"neuralinst train: learning rate {old:.3g} -> {rate:.3g} from step {self.step}.", file=sys.stderr)
 
     def get_batch(self, i: int) -> torch.Tensor:
         n = getattr(self.objective, "n_critic", 1)
