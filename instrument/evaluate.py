@@ -419,6 +419,19 @@ def _from_chunks(chunks: np.ndarray, seconds: float, sr: int, rng: np.random.Gen
     return np.concatenate(pieces)[:want] if pieces else np.zeros(0)
 
 
+def load_split_audio(data: str | Path, split: str = "valid") -> tuple[np.ndarray, int]:
+    """(mono float32, sample rate): the whole of one split of a prepared data set, chunks end to end (what the
+    validation-split choices of a preset's checkpoint and grain are scored against)."""
+    path = Path(data)
+    try:
+        chunks = np.load(path / f"{split}.npy")
+        sr = int(json.loads((path / "manifest.json").read_text())["sample_rate"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: no readable {split} split ({e}); prepare the data set again.") from None
+    mono = chunks.astype(np.float32).reshape(-1)
+    return (mono / 32768.0 if chunks.dtype == np.int16 else mono), sr
+
+
 def load_reference(data: str | Path, seconds: float, seed: int = 0,
                    reference_seconds: float = REFERENCE_SECONDS) -> tuple[np.ndarray, np.ndarray | None, int, str]:
     """(reference, floor or None, sample rate, description), mono float.

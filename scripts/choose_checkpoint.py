@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from instrument.evaluate import evaluate_audio, render_model  # noqa: E402
+from instrument.evaluate import evaluate_audio, load_split_audio, render_model  # noqa: E402
 
 CLI = str(ROOT / ".venv" / "bin" / "neuralinst")
 
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--json", type=Path, default=None, help="keep every score here (and reuse the ones already there)")
     args = p.parse_args(argv)
-    valid = np.load(Path(args.data) / "valid.npy")
-    sr = int(json.loads((Path(args.data) / "manifest.json").read_text())["sample_rate"])
-    valid = valid.astype(np.float32).reshape(-1) / (32768.0 if valid.dtype == np.int16 else 1.0)
+    valid, sr = load_split_audio(args.data, "valid")
     controls = {k: v for k, v in (("grain", args.grain), ("temperature", args.temperature)) if v is not None}
     seeds = [int(s) for s in args.seeds.split(",")]
     setting = {"controls": controls, "export_args": args.export_args, "seeds": seeds, "seconds": args.seconds,

@@ -11,15 +11,12 @@ mean's (grain 0): grain is there to bring back level and motion, not to add hiss
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from instrument.evaluate import evaluate_audio  # noqa: E402
+from instrument.evaluate import evaluate_audio, load_split_audio  # noqa: E402
 from instrument.model import load_model  # noqa: E402
 
 
@@ -30,10 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grains", default="0,0.125,0.25,0.375,0.5,0.75,1")
     p.add_argument("--seconds", type=float, default=30.0)
     args = p.parse_args(argv)
-    valid = np.load(Path(args.data) / "valid.npy")
-    manifest = json.loads((Path(args.data) / "manifest.json").read_text())
-    sr = int(manifest["sample_rate"])
-    valid = valid.astype(np.float32).reshape(-1) / (32768.0 if valid.dtype == np.int16 else 1.0)
+    valid, sr = load_split_audio(args.data, "valid")
     rows = []
     for g in (float(x) for x in args.grains.split(",")):
         rt = load_model(args.model, device="cpu", threads=1)

@@ -43,10 +43,7 @@ class PresetRecipe:
     checkpoint_every: int = 50
     steps: int = 0  # where the card's first `train` command stopped (0: it ran until stopped, then --resume'd)
     card_note: str = ""  # a line for the card's list (e.g. why a default has its value), with its measurement
-    # Where the run was not one plain `train`: the commands that came first (e.g. a recovered generator) and after
-    # (a resume at a lower learning rate), written into the card's recipe in order.
-    before: list[str] = field(default_factory=list)
-    after: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)  # commands after the first `train` (e.g. a resume at a lower rate)
     checkpoint: str = ""  # the run's checkpoint to ship (chosen on the validation split); "" = its latest
     selection: str = ""  # how `checkpoint` was chosen: the command, for the card
 
@@ -65,8 +62,8 @@ class PresetRecipe:
                 + (f" --steps {self.steps}" if self.steps else "")).strip()
 
     def recipe_lines(self) -> str:
-        shipped = f"runs/{self.name}" + (f"/checkpoints/{self.checkpoint}" if self.checkpoint else "")
-        lines = [self.build, *self.before, self.train_command(), *self.after]
+        shipped = self.shipped.relative_to(ROOT)
+        lines = [self.build, self.train_command(), *self.after]
         if self.selection:
             lines.append(self.selection)
         lines.append(f"neuralinst export {shipped} --out presets/{self.name}/model.onnx {' '.join(self.export_args)}")
